@@ -1,0 +1,252 @@
+"""The ``sipswitch.toml`` settings schema, its defaults, and loading with file:line errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import ErrorDetails
+
+from sipswitch.config.errors import ConfigError, ConfigIssue
+from sipswitch.config.toml_lines import key_lines, locate
+
+DEFAULT_DATA_DIR = Path("data")
+DATABASE_FILE = "sipswitch.db"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# 0 means "let the system pick a free port".
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[int, Field(gt=0, le=2**31 - 1)]
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Section(BaseModel):
+    """Base of every settings table: unknown keys and silent type coercion are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SipSettings(Section):
+    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0", "::"])
+    udp_port: Port = 5060
+    tcp_port: Port = 5060
+    domain: str = ""
+    realm: str = "sipswitch"
+    user_agent: str = "sipswitch"
+
+    @field_validator("listen")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one address is needed")
+        if len(value) > 32:
+            raise ValueError("at most 32 addresses")
+        normalised: list[str] = []
+        for item in value:
+            try:
+                address = ipaddress.ip_address(item.strip().strip("[]"))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IPv4 or IPv6 address") from None
+            if str(address) in normalised:
+                raise ValueError(f"{item!r} is listed twice")
+            normalised.append(str(address))
+        return normalised
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not value:
+            return ""
+        try:
+            return str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            pass
+        if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a host name or IP address")
+        return value.rstrip(".")
+
+    @field_validator("realm")
+    @classmethod
+    def _realm(cls, value: str) -> str:
+        if not value or len(value) > 128:
+            raise ValueError("the realm must be 1 to 128 characters")
+        if _CONTROL.search(value) or '"' in value or "\\" in value:
+            raise ValueError("the realm must not contain quotes, backslashes or control characters")
+        return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _user_agent(cls, value: str) -> str:
+        if len(value) > 128 or _CONTROL.search(value):
+            raise ValueError("at most 128 characters, no control characters")
+        return value
+
+
+class RegistrarSettings(Section):
+    min_expires: Seconds = 60
+    max_expires: Seconds = 3600
+    default_expires: Annotated[Seconds, Field(validate_default=True)] = 3600
+    max_contacts: Annotated[int, Field(ge=1, le=100)] = 3
+
+    @field_validator("max_expires")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_expires")
+        if low is not None and value < low:
+            raise ValueError(f"max_expires ({value}) is below min_expires ({low})")
+        return value
+
+    @field_validator("default_expires")
+    @classmethod
+    def _default_in_range(cls, value: int, info: ValidationInfo) -> int:
+        low, high = info.data.get("min_expires"), info.data.get("max_expires")
+        if low is not None and value < low:
+            raise ValueError(f"default_expires ({value}) is below min_expires ({low})")
+        if high is not None and value > high:
+            raise ValueError(f"default_expires ({value}) is above max_expires ({high})")
+        return value
+
+
+class CallSettings(Section):
+    ring_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
+
+
+class DatabaseSettings(Section):
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            raise ValueError("expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://...")
+        aliases = {
+            "sqlite": "sqlite+aiosqlite",
+            "sqlite+aiosqlite": "sqlite+aiosqlite",
+            "postgres": "postgresql+asyncpg",
+            "postgresql": "postgresql+asyncpg",
+            "postgresql+asyncpg": "postgresql+asyncpg",
+        }
+        driver = aliases.get(scheme.lower())
+        if driver is None:
+            raise ValueError(f"unsupported database {scheme!r}: use sqlite or postgresql")
+        return f"{driver}://{rest}"
+
+
+class LogSettings(Section):
+    level: str = "info"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+
+class Settings(Section):
+    """All server settings. ``data_dir`` comes from ``--data``, the file, or ``./data``."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    sip: SipSettings = Field(default_factory=SipSettings)
+    registrar: RegistrarSettings = Field(default_factory=RegistrarSettings)
+    calls: CallSettings = Field(default_factory=CallSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or the SQLite file inside the data directory."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_dir.absolute() / DATABASE_FILE}"
+
+
+def load_settings(config_path: Path | None, data_dir: Path | None = None) -> Settings:
+    """Read and validate settings; ``None`` means no file (all defaults).
+
+    ``data_dir`` (the ``--data`` option) wins over a ``data_dir`` key in the file.
+    Raises ConfigError with ``FILE:LINE: message`` for every kind of problem.
+    """
+    raw: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    name = str(config_path) if config_path is not None else "<defaults>"
+    if config_path is not None:
+        text = _read_text(config_path)
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise _syntax_error(name, text, exc) from None
+        lines = key_lines(text)
+
+    file_data_dir = raw.pop("data_dir", None)
+    if data_dir is None and file_data_dir is not None:
+        if not isinstance(file_data_dir, str) or not file_data_dir.strip():
+            line = locate(lines, ("data_dir",))
+            raise ConfigError.at(name, line, "data_dir: expected a non-empty path string")
+        data_dir = Path(file_data_dir)
+        if not data_dir.is_absolute() and config_path is not None:
+            data_dir = config_path.parent / data_dir
+    raw["data_dir"] = (data_dir or DEFAULT_DATA_DIR).absolute()
+
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        issues = [
+            ConfigIssue(name, locate(lines, tuple(err["loc"])), _describe(err))
+            for err in exc.errors()
+        ]
+        raise ConfigError(issues) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError.at(str(path), 1, f"cannot read the file: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError.at(str(path), line, "the file is not valid UTF-8") from None
+
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def _syntax_error(name: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    message = str(exc)
+    match = _TOML_POSITION.search(message)
+    if match is not None:
+        line = int(match.group(1))
+        detail = f"{message[: match.start()]} (column {match.group(2)})"
+    else:
+        line = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
+        detail = _TOML_END.sub(" (at end of file)", message)
+    return ConfigError.at(name, line, f"TOML syntax error: {detail}")
+
+
+def _describe(err: ErrorDetails) -> str:
+    path = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        if len(err["loc"]) == 1 and isinstance(err["input"], dict):
+            return f"unknown section [{path}]"
+        return f"unknown setting '{path}'"
+    message = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if isinstance(value, str | int | float | bool) and err["type"] != "value_error":
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        message = f"{message} (got {shown})"
+    return f"{path}: {message}" if path else message
