@@ -1,0 +1,214 @@
+"""Extensions (local users): numbers, digest HA1s and call limits."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from types import EllipsisType
+from typing import Any
+
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sipswitch.store import schema
+from sipswitch.store.credentials import compute_ha1
+from sipswitch.store.errors import ExtensionExists, ExtensionNotFound, InvalidExtension
+
+NUMBER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
+MAX_PASSWORD_LENGTH = 256
+MAX_CALL_LIMIT = 100_000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Extension:
+    number: str
+    display_name: str
+    realm: str
+    ha1_md5: str
+    ha1_sha256: str
+    max_calls: int | None
+    max_outgoing_calls: int | None
+    enabled: bool
+
+
+def validate_number(number: str) -> str:
+    if not isinstance(number, str) or not NUMBER_PATTERN.fullmatch(number):
+        raise InvalidExtension(
+            f"invalid extension number {number!r}: use 1 to 32 letters, digits, '.', '_' or '-'"
+        )
+    return number
+
+
+def validate_display_name(name: str) -> str:
+    if len(name) > schema.DISPLAY_NAME_LENGTH or _CONTROL.search(name):
+        raise InvalidExtension(
+            f"invalid display name: at most {schema.DISPLAY_NAME_LENGTH} characters, "
+            "no control characters"
+        )
+    return name
+
+
+def validate_realm(realm: str) -> str:
+    if not realm or len(realm) > schema.REALM_LENGTH or _CONTROL.search(realm) or '"' in realm:
+        raise InvalidExtension(f"invalid realm {realm!r}")
+    return realm
+
+
+def validate_password(password: str) -> str:
+    if not password or len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidExtension(f"the password must be 1 to {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def validate_limit(value: int | None, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CALL_LIMIT:
+        raise InvalidExtension(f"{what} must be 0 to {MAX_CALL_LIMIT}, or unlimited")
+    return value
+
+
+def _hashes(number: str, realm: str, password: str) -> dict[str, str]:
+    return {
+        "ha1_md5": compute_ha1(number, realm, password, "MD5"),
+        "ha1_sha256": compute_ha1(number, realm, password, "SHA-256"),
+    }
+
+
+def _from_row(row: Row[Any]) -> Extension:
+    return Extension(
+        number=row.number,
+        display_name=row.display_name,
+        realm=row.realm,
+        ha1_md5=row.ha1_md5,
+        ha1_sha256=row.ha1_sha256,
+        max_calls=row.max_calls,
+        max_outgoing_calls=row.max_outgoing_calls,
+        enabled=bool(row.enabled),
+    )
+
+
+def _natural_key(ext: Extension) -> tuple[int, int, str]:
+    return (0, int(ext.number), ext.number) if ext.number.isdigit() else (1, 0, ext.number)
+
+
+class ExtensionStore:
+    """Create, read, change and remove extensions; passwords are kept only as HA1s."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def get(self, number: str) -> Extension | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(schema.extensions).where(schema.extensions.c.number == number)
+                )
+            ).first()
+        return _from_row(row) if row is not None else None
+
+    async def list(self) -> list[Extension]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(schema.extensions))).all()
+        return sorted((_from_row(row) for row in rows), key=_natural_key)
+
+    async def add(
+        self,
+        number: str,
+        password: str,
+        realm: str,
+        display_name: str = "",
+        max_calls: int | None = None,
+        max_outgoing_calls: int | None = None,
+    ) -> Extension:
+        async with self._engine.begin() as conn:
+            return await add_extension(
+                conn, number, password, realm, display_name, max_calls, max_outgoing_calls
+            )
+
+    async def set(
+        self,
+        number: str,
+        *,
+        password: str | None = None,
+        realm: str | EllipsisType = ...,
+        display_name: str | None = None,
+        max_calls: int | None | EllipsisType = ...,
+        max_outgoing_calls: int | None | EllipsisType = ...,
+        enabled: bool | None = None,
+    ) -> Extension:
+        """Change the given fields; ``...`` (or None where None has no meaning) keeps a field.
+
+        The HA1s depend on the realm, so a new realm needs the password too.
+        """
+        values: dict[str, Any] = {}
+        if display_name is not None:
+            values["display_name"] = validate_display_name(display_name)
+        if not isinstance(max_calls, EllipsisType):
+            values["max_calls"] = validate_limit(max_calls, "max_calls")
+        if not isinstance(max_outgoing_calls, EllipsisType):
+            values["max_outgoing_calls"] = validate_limit(max_outgoing_calls, "max_outgoing_calls")
+        if enabled is not None:
+            values["enabled"] = bool(enabled)
+        if password is not None:
+            validate_password(password)
+        table = schema.extensions
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(table).where(table.c.number == number))).first()
+            if row is None:
+                raise ExtensionNotFound(number)
+            new_realm = row.realm if isinstance(realm, EllipsisType) else validate_realm(realm)
+            if password is not None:
+                values["realm"] = new_realm
+                values.update(_hashes(number, new_realm, password))
+            elif new_realm != row.realm:
+                raise InvalidExtension(
+                    "changing the realm needs the password: the stored digests depend on it"
+                )
+            if values:
+                await conn.execute(update(table).where(table.c.number == number).values(values))
+                row = (await conn.execute(select(table).where(table.c.number == number))).one()
+        return _from_row(row)
+
+    async def remove(self, number: str) -> bool:
+        """Delete the extension and its registrations; False if it did not exist."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(schema.extensions).where(schema.extensions.c.number == number)
+            )
+            await conn.execute(delete(schema.bindings).where(schema.bindings.c.aor == number))
+        return result.rowcount > 0
+
+
+async def add_extension(
+    conn: AsyncConnection,
+    number: str,
+    password: str,
+    realm: str,
+    display_name: str = "",
+    max_calls: int | None = None,
+    max_outgoing_calls: int | None = None,
+) -> Extension:
+    """Insert an extension inside the caller's transaction."""
+    values: dict[str, Any] = {
+        "number": validate_number(number),
+        "display_name": validate_display_name(display_name),
+        "realm": validate_realm(realm),
+        "max_calls": validate_limit(max_calls, "max_calls"),
+        "max_outgoing_calls": validate_limit(max_outgoing_calls, "max_outgoing_calls"),
+        "enabled": True,
+        "created_at": time.time(),
+        **_hashes(number, realm, validate_password(password)),
+    }
+    table = schema.extensions
+    # A savepoint keeps a duplicate from aborting the caller's whole transaction on PostgreSQL.
+    try:
+        async with conn.begin_nested():
+            await conn.execute(table.insert().values(values))
+    except IntegrityError:
+        raise ExtensionExists(number) from None
+    del values["created_at"]
+    return Extension(**values)

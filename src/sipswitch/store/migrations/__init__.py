@@ -1,0 +1,1 @@
+"""Alembic migrations of the sipswitch database, run to head by ``Database.open()``."""
