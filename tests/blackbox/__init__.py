@@ -1,0 +1,1 @@
+"""Black-box tests: the running sipswitch server driven by real SIP peers."""
