@@ -1,0 +1,1 @@
+"""The ``sipswitch`` command line."""

@@ -1,0 +1,316 @@
+"""The ``sipswitch`` command: serve, check-config and extension management."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+import sipswitch
+from sipswitch.config import ConfigError, Settings, load_settings
+from sipswitch.store import (
+    Database,
+    Extension,
+    ExtensionNotFound,
+    StoreError,
+    generate_password,
+    validate_number,
+)
+
+DEFAULT_CONFIG = Path("sipswitch.toml")
+PROG = "sipswitch"
+_T = TypeVar("_T")
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can fix; printed without a traceback."""
+
+
+def _limit(text: str) -> int | None:
+    if text.lower() in ("unlimited", "none", "-"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or 'unlimited', got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS keeps a sub-command's parser from overwriting options given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"settings file (default: ./{DEFAULT_CONFIG} if it exists)",
+    )
+    common.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="data directory (default: data_dir of the settings, else ./data)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, parents=[common], description="sipswitch IP-PBX and SIP server"
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {sipswitch.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the server")
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate the settings file and exit"
+    )
+    check.set_defaults(handler=_check_config)
+
+    ext = commands.add_parser("ext", parents=[common], help="manage extensions")
+    ext_commands = ext.add_subparsers(dest="ext_command", required=True, metavar="ACTION")
+
+    add = ext_commands.add_parser("add", parents=[common], help="create an extension")
+    add.add_argument("number")
+    add.add_argument(
+        "--password", help="password ('-' reads it from stdin; omitted: one is generated)"
+    )
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--max-calls", type=_limit, default=None, metavar="N|unlimited")
+    add.add_argument("--max-outgoing", type=_limit, default=None, metavar="N|unlimited")
+    add.set_defaults(handler=_ext_add)
+
+    listing = ext_commands.add_parser("list", parents=[common], help="show all extensions")
+    listing.set_defaults(handler=_ext_list)
+
+    change = ext_commands.add_parser("set", parents=[common], help="change an extension")
+    change.add_argument("number")
+    change.add_argument("--password", help="new password ('-' reads it from stdin)")
+    change.add_argument("--name", help="display name")
+    change.add_argument(
+        "--max-calls", type=_limit, default=argparse.SUPPRESS, metavar="N|unlimited"
+    )
+    change.add_argument(
+        "--max-outgoing", type=_limit, default=argparse.SUPPRESS, metavar="N|unlimited"
+    )
+    switch = change.add_mutually_exclusive_group()
+    switch.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    switch.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    change.set_defaults(handler=_ext_set, enabled=None)
+
+    remove = ext_commands.add_parser("remove", parents=[common], help="delete an extension")
+    remove.add_argument("number")
+    remove.set_defaults(handler=_ext_remove)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except (CommandError, StoreError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"{PROG}: database error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    path: Path | None = getattr(args, "config", None)
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    return path
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(_config_path(args), getattr(args, "data", None))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    load_settings(path, getattr(args, "data", None))
+    print(f"OK: {path}" if path is not None else "OK: no settings file, all defaults")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        server: Any = importlib.import_module("sipswitch.pbx.server")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("sipswitch.pbx.server", "sipswitch.pbx"):
+            raise
+        raise CommandError("this build has no server (sipswitch.pbx.server is missing)") from None
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(server.serve(settings))
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[_T]]) -> _T:
+    async def run() -> _T:
+        db = Database.from_settings(settings)
+        try:
+            await db.open()
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _read_password(value: str, stdin: TextIO) -> str:
+    if value != "-":
+        return value
+    line = stdin.readline().rstrip("\r\n")
+    if not line:
+        raise CommandError("no password on standard input")
+    return line
+
+
+def _number(args: argparse.Namespace) -> str:
+    return validate_number(args.number)
+
+
+def _ext_add(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    number = _number(args)
+    generated = args.password is None
+    password = generate_password() if generated else _read_password(args.password, sys.stdin)
+    realm = settings.sip.realm
+
+    async def work(db: Database) -> Extension:
+        return await db.extensions.add(
+            number,
+            password,
+            realm,
+            display_name=args.name,
+            max_calls=args.max_calls,
+            max_outgoing_calls=args.max_outgoing,
+        )
+
+    _with_database(settings, work)
+    print(f"Added extension {number}.")
+    if generated:
+        print(f"Password: {password}")
+        print("It is shown only this once.")
+    return 0
+
+
+def _show_limit(value: int | None) -> str:
+    return "unlimited" if value is None else str(value)
+
+
+def _ext_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def work(db: Database) -> list[Extension]:
+        return await db.extensions.list()
+
+    extensions = _with_database(settings, work)
+    if not extensions:
+        print("No extensions.")
+        return 0
+    realm = settings.sip.realm
+    header = ("NUMBER", "NAME", "MAX CALLS", "MAX OUTGOING", "ENABLED")
+    rows = [
+        (
+            ext.number + ("*" if ext.realm != realm else ""),
+            ext.display_name,
+            _show_limit(ext.max_calls),
+            _show_limit(ext.max_outgoing_calls),
+            "yes" if ext.enabled else "no",
+        )
+        for ext in extensions
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    if any(ext.realm != realm for ext in extensions):
+        print(
+            f"* stored for another realm than sip.realm ({realm!r}): "
+            "set a new password so these can register"
+        )
+    return 0
+
+
+def _ext_set(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    number = _number(args)
+    changes: dict[str, Any] = {}
+    if args.password is not None:
+        changes["password"] = _read_password(args.password, sys.stdin)
+        changes["realm"] = settings.sip.realm
+    if args.name is not None:
+        changes["display_name"] = args.name
+    if hasattr(args, "max_calls"):
+        changes["max_calls"] = args.max_calls
+    if hasattr(args, "max_outgoing"):
+        changes["max_outgoing_calls"] = args.max_outgoing
+    if args.enabled is not None:
+        changes["enabled"] = args.enabled
+    if not changes:
+        raise CommandError(
+            "nothing to change: give --password, --name, --max-calls, --max-outgoing, "
+            "--enable or --disable"
+        )
+
+    async def work(db: Database) -> Extension:
+        return await db.extensions.set(number, **changes)
+
+    _with_database(settings, work)
+    print(f"Updated extension {number}.")
+    return 0
+
+
+def _ext_remove(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    number = _number(args)
+
+    async def work(db: Database) -> bool:
+        return await db.extensions.remove(number)
+
+    if not _with_database(settings, work):
+        raise ExtensionNotFound(number)
+    print(f"Removed extension {number}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
