@@ -1,0 +1,645 @@
+"""Back-to-back calls between extensions: two kinds of legs and the call that connects them.
+
+The *entity* part is ``InboundLeg`` (the caller's dialog, where sipswitch is the UAS) and
+``OutboundLeg`` (one per contact rung, where sipswitch is the UAC). The *logic* part is ``Call``:
+it forks the INVITE to every registered contact, relays provisional and final responses, picks
+the first 2xx and cancels the rest, then relays in-dialog requests (BYE, re-INVITE, UPDATE, INFO,
+MESSAGE, ...) between the two dialogs. ``CallManager`` admits new calls and routes in-dialog
+requests to their leg. Later features (limits, forwarding, IVR, trunks, media relay) hook in at
+``CallManager.place_call`` and at the leg level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..sip.clock import TimerHandle
+from ..sip.dialog import Dialog, new_call_id
+from ..sip.errors import SipError
+from ..sip.headers import quote
+from ..sip.message import Headers, Request, Response
+from ..sip.transaction import ClientTransaction, ServerTransaction, new_branch, new_tag
+from ..sip.transport.base import Address
+from ..sip.uri import SipUri, format_host, parse_uri
+from ..store import Binding, CdrRecord, Extension
+from .cdr import CdrRecorder
+from .core import ALLOW_HEADER, PbxCore
+from .location import LocationService
+
+log = logging.getLogger("sipswitch.calls")
+
+# Headers carried from one leg to the other with a relayed request or response body.
+_BODY_HEADERS = ("Content-Type", "Content-Disposition", "Content-Encoding")
+_RELAYED_REQUEST_HEADERS = ("Event", "Subscription-State", "Info-Package", "Subject")
+_MEDIA_TYPES = ("application/sdp", "multipart/mixed")
+
+
+@dataclass(slots=True)
+class CallParty:
+    number: str
+    display: str
+
+
+class InboundLeg:
+    """The caller's side: sipswitch answers as a UAS."""
+
+    def __init__(self, call: Call, txn: ServerTransaction, source: Address) -> None:
+        self.call = call
+        self.txn = txn
+        self.source = source
+        self.tag = new_tag()
+        self.dialog: Dialog | None = None
+
+    def ensure_dialog(self) -> Dialog:
+        if self.dialog is None:
+            self.dialog = Dialog.as_uas(self.txn.request, self.tag, self.source)
+            self.call.manager.register_dialog(self.dialog, self)
+        return self.dialog
+
+
+class OutboundLeg:
+    """One contact of the callee: sipswitch calls it as a UAC."""
+
+    def __init__(self, call: Call, binding: Binding, destination: Address, request: Request):
+        self.call = call
+        self.binding = binding
+        self.destination = destination
+        self.request = request
+        self.txn: ClientTransaction | None = None
+        self.dialog: Dialog | None = None
+        self.final_status: int | None = None
+        self.ack: Request | None = None
+
+    # ClientListener
+    def on_response(self, response: Response, txn: ClientTransaction) -> None:
+        self.call.on_outbound_response(self, response)
+
+    def on_timeout(self, txn: ClientTransaction) -> None:
+        self.call.on_outbound_failure(self, 408)
+
+    def on_transport_error(self, txn: ClientTransaction) -> None:
+        self.call.on_outbound_failure(self, 503)
+
+
+class _RelayListener:
+    """Relays the response to an in-dialog request sent on one leg back to the other leg."""
+
+    def __init__(self, call: Call, origin: ServerTransaction, sent: Request) -> None:
+        self.call = call
+        self.origin = origin
+        self.sent = sent
+
+    def on_response(self, response: Response, txn: ClientTransaction) -> None:
+        self.call.relay_response(self.origin, self.sent, response)
+
+    def on_timeout(self, txn: ClientTransaction) -> None:
+        if not self.origin.terminated and self.origin.last_response is None:
+            self.call.core.respond(self.origin, 408)
+
+    def on_transport_error(self, txn: ClientTransaction) -> None:
+        if not self.origin.terminated and self.origin.last_response is None:
+            self.call.core.respond(self.origin, 503)
+
+
+class _IgnoreResponses:
+    def on_response(self, response: Response, txn: ClientTransaction) -> None:
+        pass
+
+    def on_timeout(self, txn: ClientTransaction) -> None:
+        pass
+
+    def on_transport_error(self, txn: ClientTransaction) -> None:
+        pass
+
+
+_IGNORE = _IgnoreResponses()
+
+
+class Call:
+    """One call attempt from an extension to an extension."""
+
+    def __init__(
+        self,
+        manager: CallManager,
+        txn: ServerTransaction,
+        source: Address,
+        caller: CallParty,
+        callee: CallParty,
+    ) -> None:
+        self.manager = manager
+        self.core = manager.core
+        self.caller = caller
+        self.callee = callee
+        self.inbound = InboundLeg(self, txn, source)
+        self.forks: list[OutboundLeg] = []
+        self.answered: OutboundLeg | None = None
+        self.state = "ringing"
+        self.started = self.core.clock.wall()
+        self.answer_time: float | None = None
+        self.final_status = 0
+        self.ring_timer: TimerHandle | None = None
+        self.failures: list[int] = []
+        # CSeq of the last INVITE relayed to the callee/caller, for relaying its ACK.
+        self.pending_ack_cseq: dict[int, int] = {}
+        txn.on_cancel = self.on_caller_cancel
+        txn.on_no_ack = self.on_no_ack
+
+    @property
+    def call_id(self) -> str:
+        return self.inbound.txn.request.call_id
+
+    # --- setup ---
+    def start(self, bindings: list[Binding], max_forwards: int) -> None:
+        log.info(
+            "call start %s: %s -> %s (%d contacts)",
+            self.call_id,
+            self.caller.number,
+            self.callee.number,
+            len(bindings),
+        )
+        self.core.respond(self.inbound.txn, 100)
+        for binding in bindings:
+            destination = Address(binding.transport, binding.source_host, binding.source_port)
+            try:
+                request = self._fork_request(binding, destination, max_forwards)
+            except SipError as exc:
+                log.warning("cannot call contact %s: %s", binding.contact_uri, exc.reason)
+                continue
+            leg = OutboundLeg(self, binding, destination, request)
+            self.forks.append(leg)
+        if not self.forks:
+            self.finish_unanswered(480)
+            return
+        for leg in list(self.forks):
+            leg.txn = self.core.transactions.send_request(leg.request, leg.destination, leg)
+        self.ring_timer = self.core.clock.call_later(
+            self.core.settings.calls.ring_timeout, self.on_ring_timeout
+        )
+
+    def _fork_request(self, binding: Binding, destination: Address, max_forwards: int) -> Request:
+        core = self.core
+        original = self.inbound.txn.request
+        target = parse_uri(binding.contact_uri)
+        if not isinstance(target, SipUri):
+            raise SipError("contact is not a SIP URI")
+        host, port = core.local_address(destination)
+        domain = core.settings.sip.domain or format_host(host)
+        headers = Headers()
+        headers.add(
+            "Via",
+            f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
+            f";branch={new_branch()};rport",
+        )
+        headers.add("Max-Forwards", str(max_forwards))
+        display = f"{quote(self.caller.display)} " if self.caller.display else ""
+        headers.add("From", f"{display}<sip:{self.caller.number}@{domain}>;tag={new_tag()}")
+        headers.add("To", f"<sip:{self.callee.number}@{domain}>")
+        headers.add("Call-ID", new_call_id(host))
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", f"<{core.contact_uri(self.caller.number, destination)}>")
+        headers.add("Allow", ALLOW_HEADER)
+        headers.add("User-Agent", core.settings.sip.user_agent)
+        for name in _BODY_HEADERS:
+            value = original.headers.get(name)
+            if value is not None and original.body:
+                headers.add(name, value)
+        return Request("INVITE", target, headers, original.body)
+
+    # --- responses from the callee's contacts ---
+    def on_outbound_response(self, leg: OutboundLeg, response: Response) -> None:
+        status = response.status
+        if status < 200:
+            if status == 100 or self.state != "ringing":
+                return
+            if response.to.tag and leg.dialog is None:
+                leg.dialog = Dialog.as_uac(leg.request, response, leg.destination)
+            self._relay_provisional(response)
+            return
+        if status < 300:
+            self._on_outbound_answer(leg, response)
+            return
+        self.on_outbound_failure(leg, status)
+
+    def _relay_provisional(self, response: Response) -> None:
+        inbound = self.inbound
+        if inbound.txn.last_response is not None and inbound.txn.last_response.status >= 200:
+            return
+        inbound.ensure_dialog()
+        reply = self.core.build_response(
+            inbound.txn.request,
+            response.status,
+            response.reason,
+            to_tag=inbound.tag,
+            body=response.body,
+        )
+        self._copy_body_headers(response, reply)
+        reply.headers.add(
+            "Contact", f"<{self.core.contact_uri(self.callee.number, inbound.source)}>"
+        )
+        inbound.txn.respond(reply)
+
+    def _on_outbound_answer(self, leg: OutboundLeg, response: Response) -> None:
+        if self.answered is leg:
+            if leg.ack is not None:  # a retransmitted 2xx: our ACK was lost
+                self.core.transactions.send_stateless(
+                    leg.ack, leg.dialog.peer if leg.dialog else leg.destination
+                )
+            return
+        dialog = Dialog.as_uac(leg.request, response, leg.destination)
+        if self.answered is not None or self.state != "ringing":
+            # Another contact answered first (or the caller gave up): acknowledge and hang up.
+            self._ack_and_bye(leg, dialog, response)
+            return
+        leg.dialog = dialog
+        self.manager.register_dialog(dialog, leg)
+        self.answered = leg
+        self.state = "answered"
+        self.answer_time = self.core.clock.wall()
+        self.final_status = response.status
+        self._cancel_timer()
+        for other in self.forks:
+            if other is not leg and other.txn is not None and other.final_status is None:
+                other.txn.cancel()
+        inbound = self.inbound
+        inbound.ensure_dialog()
+        reply = self.core.build_response(
+            inbound.txn.request,
+            response.status,
+            response.reason,
+            to_tag=inbound.tag,
+            body=response.body,
+        )
+        self._copy_body_headers(response, reply)
+        reply.headers.add(
+            "Contact", f"<{self.core.contact_uri(self.callee.number, inbound.source)}>"
+        )
+        reply.headers.add("Allow", ALLOW_HEADER)
+        inbound.txn.respond(reply)
+        self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
+        log.info("call answered %s by %s", self.call_id, leg.binding.contact_uri)
+
+    def _ack_and_bye(self, leg: OutboundLeg, dialog: Dialog, response: Response) -> None:
+        host, port = self.core.local_address(dialog.peer)
+        ack = dialog.create_request("ACK", host, port, cseq=leg.request.cseq.number)
+        self.core.transactions.send_stateless(ack, dialog.peer)
+        bye = dialog.create_request("BYE", host, port)
+        self.core.transactions.send_request(bye, dialog.peer, _IGNORE)
+
+    def on_outbound_failure(self, leg: OutboundLeg, status: int) -> None:
+        if leg.final_status is not None:
+            return
+        leg.final_status = status
+        self.failures.append(status)
+        if self.state != "ringing":
+            return
+        if all(f.final_status is not None for f in self.forks):
+            self.finish_unanswered(self._best_failure())
+
+    def _best_failure(self) -> int:
+        statuses = self.failures
+        if any(s in (486, 600) for s in statuses):
+            return 486
+        if any(s == 603 for s in statuses):
+            return 603
+        # Never pass a callee's authentication demand to the caller.
+        usable = [s for s in statuses if s not in (401, 407, 408, 503)]
+        if usable:
+            return min(usable)
+        return 480
+
+    # --- caller-side events ---
+    def on_caller_cancel(self) -> None:
+        if self.state != "ringing":
+            return
+        self._cancel_forks()
+        self.finish_unanswered(487, hangup_side="caller")
+
+    def on_ring_timeout(self) -> None:
+        self.ring_timer = None
+        if self.state != "ringing":
+            return
+        self._cancel_forks()
+        self.finish_unanswered(408, hangup_side="system")
+
+    def on_no_ack(self) -> None:
+        if self.state == "answered":
+            log.warning("call %s: no ACK from the caller, hanging up", self.call_id)
+            self.hangup(None, "system")
+
+    def _cancel_forks(self) -> None:
+        for leg in self.forks:
+            if leg.txn is not None and leg.final_status is None:
+                leg.txn.cancel()
+                leg.final_status = 487
+
+    def _cancel_timer(self) -> None:
+        if self.ring_timer is not None:
+            self.ring_timer.cancel()
+            self.ring_timer = None
+
+    def finish_unanswered(self, status: int, hangup_side: str = "callee") -> None:
+        self._cancel_timer()
+        self.state = "ended"
+        self.final_status = status
+        txn = self.inbound.txn
+        if txn.last_response is None or txn.last_response.status < 200:
+            self.inbound.ensure_dialog()
+            self.core.respond(txn, status, to_tag=self.inbound.tag)
+        self._end(hangup_side)
+
+    # --- established call ---
+    def in_dialog(
+        self,
+        leg: InboundLeg | OutboundLeg,
+        request: Request,
+        txn: ServerTransaction | None,
+        source: Address,
+    ) -> None:
+        mine = leg.dialog
+        if mine is None:
+            return
+        other = self._other(leg)
+        if request.method == "ACK":
+            self._relay_ack(leg, request)
+            return
+        if txn is None:
+            return
+        if not mine.accept_remote_cseq(request.cseq.number):
+            self.core.respond(txn, 500, "CSeq out of order", to_tag=mine.local_tag)
+            return
+        if request.method == "BYE":
+            self.core.respond(txn, 200, to_tag=mine.local_tag)
+            side = "caller" if leg is self.inbound else "callee"
+            self.hangup(leg, side)
+            return
+        if request.method == "CANCEL":
+            return
+        if other is None or other.dialog is None or self.state != "answered":
+            self.core.respond(txn, 481 if self.state == "ended" else 491, to_tag=mine.local_tag)
+            return
+        if request.method in ("INVITE", "UPDATE"):
+            mine.update_target(request)
+        peer = other.dialog
+        host, port = self.core.local_address(peer.peer)
+        relayed = peer.create_request(request.method, host, port, body=request.body)
+        self._copy_body_headers(request, relayed)
+        for name in _RELAYED_REQUEST_HEADERS:
+            value = request.headers.get(name)
+            if value is not None:
+                relayed.headers.add(name, value)
+        mf = request.max_forwards
+        relayed.headers.set("Max-Forwards", str(max(0, (70 if mf is None else mf) - 1)))
+        if request.method in ("INVITE", "UPDATE"):
+            own = self.callee.number if other is not self.inbound else self.caller.number
+            relayed.headers.add("Contact", f"<{self.core.contact_uri(own, peer.peer)}>")
+        txn.on_cancel = None
+        self.core.transactions.send_request(relayed, peer.peer, _RelayListener(self, txn, relayed))
+
+    def relay_response(self, origin: ServerTransaction, sent: Request, response: Response) -> None:
+        if origin.terminated or response.status == 100:
+            return
+        if origin.last_response is not None and origin.last_response.status >= 200:
+            return
+        status = response.status
+        if status in (401, 407):
+            status = 500
+        leg = self.manager.leg_for(origin.request)
+        dialog = leg.dialog if leg is not None else None
+        reply = self.core.build_response(
+            origin.request,
+            status,
+            response.reason if status == response.status else None,
+            to_tag=dialog.local_tag if dialog else None,
+            body=response.body,
+        )
+        self._copy_body_headers(response, reply)
+        if sent.method in ("INVITE", "UPDATE") and 200 <= status < 300 and leg is not None:
+            other = self._other(leg)
+            if other is not None and other.dialog is not None:
+                other.dialog.update_target(response)
+            number = self.callee.number if leg is self.inbound else self.caller.number
+            reply.headers.add("Contact", f"<{self.core.contact_uri(number, origin.source)}>")
+            if sent.method == "INVITE" and leg is not None:
+                self.pending_ack_cseq[id(leg)] = sent.cseq.number
+        origin.respond(reply)
+
+    def _relay_ack(self, leg: InboundLeg | OutboundLeg, ack: Request) -> None:
+        other = self._other(leg)
+        cseq = self.pending_ack_cseq.pop(id(leg), None)
+        if other is None or other.dialog is None or cseq is None:
+            return
+        if other is self.answered and isinstance(other, OutboundLeg) and other.ack is None:
+            cseq = other.request.cseq.number  # the ACK for the initial INVITE
+        peer = other.dialog
+        host, port = self.core.local_address(peer.peer)
+        relayed = peer.create_request("ACK", host, port, cseq=cseq, body=ack.body)
+        self._copy_body_headers(ack, relayed)
+        if isinstance(other, OutboundLeg) and other.ack is None:
+            other.ack = relayed
+        self.core.transactions.send_stateless(relayed, peer.peer)
+
+    def hangup(self, origin: InboundLeg | OutboundLeg | None, side: str) -> None:
+        """End an answered call: send BYE to every leg but ``origin``."""
+        if self.state == "ended":
+            return
+        for leg in (self.inbound, self.answered):
+            if leg is None or leg is origin or leg.dialog is None:
+                continue
+            if isinstance(leg, OutboundLeg) and leg.ack is None:
+                # The callee's 2xx was never acknowledged: ACK it first so the BYE is valid.
+                dialog = leg.dialog
+                host, port = self.core.local_address(dialog.peer)
+                leg.ack = dialog.create_request("ACK", host, port, cseq=leg.request.cseq.number)
+                self.core.transactions.send_stateless(leg.ack, dialog.peer)
+            dialog = leg.dialog
+            host, port = self.core.local_address(dialog.peer)
+            bye = dialog.create_request("BYE", host, port)
+            self.core.transactions.send_request(bye, dialog.peer, _IGNORE)
+        self.state = "ended"
+        self._end(side)
+
+    def _other(self, leg: InboundLeg | OutboundLeg) -> InboundLeg | OutboundLeg | None:
+        return self.answered if leg is self.inbound else self.inbound
+
+    @staticmethod
+    def _copy_body_headers(source: Request | Response, target: Request | Response) -> None:
+        if not source.body:
+            return
+        for name in _BODY_HEADERS:
+            value = source.headers.get(name)
+            if value is not None:
+                target.headers.set(name, value)
+
+    def _end(self, hangup_side: str) -> None:
+        now = self.core.clock.wall()
+        self.manager.forget(self)
+        answered = self.answer_time is not None
+        disposition = _disposition(self.final_status, answered)
+        billable = int(round(now - self.answer_time)) if self.answer_time is not None else 0
+        self.manager.cdr.record(
+            CdrRecord(
+                call_id=self.call_id,
+                caller=self.caller.number,
+                callee=self.callee.number,
+                start=self.started,
+                answer=self.answer_time,
+                end=now,
+                duration=round(now - self.started, 3),
+                billable_seconds=billable,
+                disposition=disposition,
+                sip_status=self.final_status,
+                hangup_side=hangup_side,
+            )
+        )
+        log.info(
+            "call end %s: %s -> %s %s (%d) after %.1fs, hangup by %s",
+            self.call_id,
+            self.caller.number,
+            self.callee.number,
+            disposition,
+            self.final_status,
+            now - self.started,
+            hangup_side,
+        )
+
+
+def _disposition(status: int, answered: bool) -> str:
+    if answered:
+        return "ANSWERED"
+    if status in (486, 600):
+        return "BUSY"
+    if status == 487:
+        return "CANCELLED"
+    if status == 408:
+        return "NO ANSWER"
+    if status in (404, 480, 410, 604):
+        return "UNAVAILABLE"
+    return "FAILED"
+
+
+class CallManager:
+    """Admits new calls between extensions and routes in-dialog requests to their legs."""
+
+    def __init__(self, core: PbxCore, location: LocationService, cdr: CdrRecorder) -> None:
+        self.core = core
+        self.location = location
+        self.cdr = cdr
+        self.calls: set[Call] = set()
+        self._dialogs: dict[tuple[str, str], InboundLeg | OutboundLeg] = {}
+        self._dialog_keys: dict[int, list[tuple[str, str]]] = {}
+        self.admission_hooks: list[Callable[[Call], int | None]] = []
+
+    # --- dialog table ---
+    def register_dialog(self, dialog: Dialog, leg: InboundLeg | OutboundLeg) -> None:
+        key = (dialog.call_id, dialog.local_tag)
+        self._dialogs[key] = leg
+        self._dialog_keys.setdefault(id(leg.call), []).append(key)
+
+    def leg_for(self, request: Request) -> InboundLeg | OutboundLeg | None:
+        tag = request.to.tag
+        if tag is None:
+            return None
+        return self._dialogs.get((request.call_id, tag))
+
+    def forget(self, call: Call) -> None:
+        self.calls.discard(call)
+        # Keep the dialogs a little longer so late BYE/ACK retransmissions still match.
+        keys = self._dialog_keys.pop(id(call), [])
+        if keys:
+            self.core.clock.call_later(32.0, self._drop_keys, keys)
+
+    def _drop_keys(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            self._dialogs.pop(key, None)
+
+    def route_in_dialog(
+        self, request: Request, txn: ServerTransaction | None, source: Address
+    ) -> bool:
+        leg = self.leg_for(request)
+        if leg is None:
+            return False
+        call = leg.call
+        if call.state == "ended":
+            if request.method == "BYE" and txn is not None:
+                self.core.respond(txn, 200, to_tag=request.to.tag)
+            elif request.method != "ACK" and txn is not None:
+                self.core.respond(txn, 481, to_tag=request.to.tag)
+            return True
+        call.in_dialog(leg, request, txn, source)
+        return True
+
+    # --- new calls ---
+    def handle_invite(self, request: Request, txn: ServerTransaction, source: Address) -> None:
+        self.core.spawn(self.place_call(txn, source))
+
+    async def place_call(self, txn: ServerTransaction, source: Address) -> None:
+        core = self.core
+        request = txn.request
+        if not core.accepting_calls:
+            core.respond(txn, 503, "Shutting down", headers={"Retry-After": "30"})
+            return
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            core.respond(txn, 483)
+            return
+        if request.body and request.content_type not in _MEDIA_TYPES:
+            core.respond(txn, 415, headers={"Accept": "application/sdp"})
+            return
+        accept = request.headers.values("Accept")
+        if accept and not any(
+            a.split(";")[0].strip().lower() in ("application/sdp", "*/*", "application/*")
+            for a in accept
+        ):
+            core.respond(txn, 406, headers={"Accept": "application/sdp"})
+            return
+        from_uri = request.from_.uri
+        if not isinstance(from_uri, SipUri):
+            core.respond(txn, 403, "From must be a SIP URI")
+            return
+        caller_ext = await core.authenticate(txn, from_uri.user_unescaped, proxy=True)
+        if caller_ext is None or txn.cancelled:
+            if txn.cancelled and txn.last_response is None:
+                core.respond(txn, 487)
+            return
+        uri = request.uri
+        assert isinstance(uri, SipUri)
+        number = uri.user_unescaped
+        callee_ext = await core.directory.get(number) if number else None
+        if callee_ext is None or not callee_ext.enabled:
+            core.respond(txn, 404)
+            return
+        if txn.cancelled:
+            core.respond(txn, 487)
+            return
+        bindings = self.location.lookup(number)
+        if not bindings:
+            core.respond(txn, 480)
+            return
+        call = Call(
+            self,
+            txn,
+            source,
+            _party(caller_ext, request.from_.display_text),
+            _party(callee_ext, ""),
+        )
+        for hook in self.admission_hooks:
+            status = hook(call)
+            if status is not None:
+                core.respond(txn, status)
+                return
+        self.calls.add(call)
+        call.start(bindings, (70 if max_forwards is None else max_forwards) - 1)
+
+    def hangup_all(self) -> None:
+        for call in list(self.calls):
+            if call.state == "answered":
+                call.hangup(None, "system")
+            elif call.state == "ringing":
+                call._cancel_forks()
+                call.finish_unanswered(503, hangup_side="system")
+
+
+def _party(extension: Extension, fallback_display: str) -> CallParty:
+    return CallParty(extension.number, extension.display_name or fallback_display)

@@ -1,0 +1,139 @@
+"""The running server: opens the store, binds the transports, wires the handlers, and shuts
+down cleanly on SIGTERM (no new calls, transactions finish, registrations and CDRs flushed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable
+
+from ..config.settings import Settings
+from ..sip.clock import LoopClock
+from ..sip.message import Request
+from ..sip.transaction import ServerTransaction
+from ..sip.transport.base import Address
+from ..sip.transport.manager import TransportManager
+from ..store import Database, seed_default_extensions
+from .b2bua import CallManager
+from .cdr import CdrRecorder
+from .core import ALLOW_HEADER, PbxCore, log
+from .directory import ExtensionDirectory
+from .location import LocationService
+from .registrar import Registrar
+
+SHUTDOWN_GRACE = 3.0
+EXPIRY_SWEEP_INTERVAL = 30.0
+
+
+class SipServer:
+    """Everything one sipswitch process runs; ``start``/``stop`` for tests, ``run`` for serve."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        out: Callable[[str], None] = print,
+        transports: TransportManager | None = None,
+    ) -> None:
+        self.settings = settings
+        self.out = out
+        self.database = Database.from_settings(settings)
+        self.transports = transports
+        self.core: PbxCore | None = None
+        self.location: LocationService | None = None
+        self.calls: CallManager | None = None
+        self.cdr: CdrRecorder | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.database.open()
+        created = await seed_default_extensions(self.database, settings.sip.realm)
+        if created:
+            self.out("Created extensions (passwords are shown only this once):")
+            for number, password in created:
+                self.out(f"  extension {number}  password {password}")
+        clock = LoopClock()
+        self.location = LocationService(self.database.bindings, clock.wall)
+        restored = await self.location.load()
+        self.location.start()
+        self.cdr = CdrRecorder(self.database.cdr)
+        self.cdr.start()
+        if self.transports is None:
+            self.transports = TransportManager()
+        directory = ExtensionDirectory(self.database.extensions, clock.now)
+        core = PbxCore(settings, clock, self.transports, directory)
+        self.core = core
+        registrar = Registrar(core, self.location)
+        self.calls = CallManager(core, self.location, self.cdr)
+        core.dialogs = self.calls
+        core.handlers = {
+            "REGISTER": registrar.handle,
+            "INVITE": self.calls.handle_invite,
+            "OPTIONS": self._options,
+        }
+        self.transports.set_sink(core.transactions)
+        await self.transports.start(
+            settings.sip.listen, settings.sip.udp_port, settings.sip.tcp_port
+        )
+        self._sweeper = asyncio.create_task(self._sweep(), name="binding-expiry")
+        for address in self.transports.bound:
+            self.out(f"listening on {address}")
+        self.out(f"sipswitch ready ({restored} registrations restored)")
+
+    def _options(self, request: Request, txn: ServerTransaction, source: Address) -> None:
+        assert self.core is not None
+        self.core.respond(
+            txn,
+            200,
+            headers={"Allow": ALLOW_HEADER, "Accept": "application/sdp", "Supported": "path"},
+        )
+
+    async def _sweep(self) -> None:
+        assert self.location is not None
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+            self.location.remove_expired()
+
+    async def stop(self) -> None:
+        core, calls = self.core, self.calls
+        if core is not None:
+            core.accepting_calls = False
+            await core.drain(SHUTDOWN_GRACE)
+        if calls is not None:
+            calls.hangup_all()
+            await asyncio.sleep(0.2)  # let the BYEs and final responses leave
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.location is not None:
+            await self.location.close()
+        if self.cdr is not None:
+            await self.cdr.close()
+        if self.transports is not None:
+            await self.transports.stop()
+        await self.database.close()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; return the process exit code."""
+    server = SipServer(settings)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await server.stop()
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sys.stdout.flush()
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    log.info("stopped")
+    return 0
