@@ -86,22 +86,24 @@ async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> No
         await asyncio.sleep(0.001)
 
 
-async def read_message(reader: asyncio.StreamReader, framer: StreamFramer) -> Message:
-    """Read one SIP message from a stream."""
-    async def read() -> Message:
-        while True:
-            messages = framer.feed(b"")
-            if messages:
-                return messages[0]
-            data = await reader.read(65536)
-            if not data:
-                raise AssertionError("connection closed before a message arrived")
-            messages = framer.feed(data)
-            if messages:
-                assert len(messages) == 1
-                return messages[0]
+class MessageReader:
+    """Reads SIP messages one at a time from a stream, keeping any that arrived together."""
 
-    return await asyncio.wait_for(read(), WAIT)
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.framer = StreamFramer()
+        self.ready: list[Message] = []
+
+    async def next(self) -> Message:
+        async def read() -> Message:
+            while not self.ready:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise AssertionError("connection closed before a message arrived")
+                self.ready.extend(self.framer.feed(data))
+            return self.ready.pop(0)
+
+        return await asyncio.wait_for(read(), WAIT)
 
 
 async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
@@ -132,3 +134,17 @@ def _has_ipv6_loopback() -> bool:
 
 HAS_IPV6 = _has_ipv6_loopback()
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) on this machine")
+
+
+async def wait_until_closed(address: Address) -> None:
+    """Wait until nothing accepts TCP connections on ``address``."""
+    async def refused() -> None:
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(address.host, address.port)
+            except OSError:
+                return
+            writer.close()
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(refused(), WAIT)
