@@ -175,6 +175,8 @@ class TcpConnection(asyncio.Protocol):
             self._pending.append(data)
             self._pending_size += len(data)
             return True
+        if transport.is_closing():  # the peer went away; connection_lost is on its way
+            return False
         transport.write(data)
         self.last_activity = owner.clock.now()
         if transport.get_write_buffer_size() > owner.max_write_buffer:
