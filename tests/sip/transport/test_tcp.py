@@ -48,9 +48,21 @@ async def tcp(sink: RecordingSink, clock: VirtualClock) -> AsyncIterator[TcpTran
     await transport.close()
 
 
+_opened: list[asyncio.StreamWriter] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 async def connect(tcp: TcpTransport, index: int = 0) -> Client:
     local = tcp.listening[index]
-    return await asyncio.wait_for(asyncio.open_connection(local.host, local.port), WAIT)
+    client = await asyncio.wait_for(asyncio.open_connection(local.host, local.port), WAIT)
+    _opened.append(client[1])
+    return client
 
 
 def peer_of(client: Client) -> Address:

@@ -49,9 +49,22 @@ class Peer(asyncio.DatagramProtocol):
         return data
 
 
+_opened: list[Peer] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_peers() -> AsyncIterator[None]:
+    yield
+    while _opened:
+        transport = _opened.pop().transport
+        if transport is not None:
+            transport.close()
+
+
 async def open_peer(host: str) -> Peer:
     loop = asyncio.get_running_loop()
     _, peer = await loop.create_datagram_endpoint(Peer, local_addr=(host, 0))
+    _opened.append(peer)
     return peer
 
 
