@@ -1,0 +1,627 @@
+"""Benchmark of sipswitch with SIPp on this machine (all traffic on 127.0.0.1), with Kamailio
+as the reference: authenticated REGISTER/s, calls/s through the B2BUA with response times,
+CPU and memory of the server, and memory with 100,000 registrations.
+
+Prints a table and writes ``bench-results/bench.json``. Every SIPp run is bounded by a call
+count and a time-out. ``--quick`` makes every step short (numbers are then rough)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.blackbox.harness import SipswitchServer, options_ping, server_missing  # noqa: E402
+from tests.blackbox.ports import free_port  # noqa: E402
+from tests.blackbox.sipp import Sipp, SippResult, run_sipp  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+KAMAILIO_CFG_CANDIDATES = [
+    REPO.parent / "shared" / "bench" / "kamailio-proxy.cfg",
+    BENCH / "kamailio-proxy.cfg",
+]
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+
+TARGET_CALLS_PER_S = 1000
+TARGET_REGISTER_PER_S = 2000
+TARGET_RSS_100K_MB = 500
+MAX_FAILED_RATIO = 0.001
+SIPP_BUFFER = 4 * 1024 * 1024
+
+CALLER, CALLEE = "200", "201"
+REG_USERS = 1000  # users for the REGISTER/s phase (one contact each)
+MANY_USERS = 1000  # users holding the 100,000 contacts (max_contacts = 100 each)
+
+
+@dataclass
+class Plan:
+    step_s: float
+    register_rates: list[int]
+    call_rates: list[int]
+    kamailio_rates: list[int]
+    registrations: int
+
+
+FULL = Plan(
+    step_s=15,
+    register_rates=[250, 500, 1000, 2000, 3000, 4000],
+    call_rates=[50, 100, 200, 400, 700, 1000, 1500, 2000],
+    kamailio_rates=[500, 1000, 2000, 3000, 4000, 5000, 6000],
+    registrations=100_000,
+)
+QUICK = Plan(
+    step_s=5,
+    register_rates=[200, 500, 1000, 2000],
+    call_rates=[50, 100, 250, 500, 1000],
+    kamailio_rates=[500, 1000, 2000],
+    registrations=10_000,
+)
+
+
+@dataclass
+class Step:
+    target_rate: int
+    duration_s: float
+    attempted: int
+    successful: int
+    failed: int
+    achieved_rate: float
+    p50_ms: float | None
+    p99_ms: float | None
+    passed: bool
+    failure_kinds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed_ratio(self) -> float:
+        return 1.0 - self.successful / self.attempted if self.attempted else 1.0
+
+
+@dataclass
+class RateResult:
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def best(self) -> Step | None:
+        passed = [s for s in self.steps if s.passed]
+        return max(passed, key=lambda s: s.target_rate) if passed else None
+
+    def as_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "best_rate": best.target_rate if best else 0,
+            "best_p50_ms": best.p50_ms if best else None,
+            "best_p99_ms": best.p99_ms if best else None,
+            "steps": [asdict(s) | {"failed_ratio": s.failed_ratio} for s in self.steps],
+        }
+
+
+# ---------------------------------------------------------------- process measurements
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and all its descendants (Kamailio's workers are children)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except OSError:
+            continue
+        todo.extend(children.get(current, []))
+    return total
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory in MiB."""
+    values: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return {"rss_mb": values.get("VmRSS", 0.0), "peak_rss_mb": values.get("VmHWM", 0.0)}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def step_from(result: SippResult, rate: int, duration_s: float) -> Step:
+    attempted = int(rate * duration_s)
+    successful = min(result.successful, attempted)
+    failed = attempted - successful
+    kinds = {
+        k: v
+        for k, v in result.stats.items()
+        if k.startswith("Failed") and k.endswith("(C)") and v not in ("", "0")
+    }
+    return Step(
+        target_rate=rate,
+        duration_s=duration_s,
+        attempted=attempted,
+        successful=successful,
+        failed=failed,
+        achieved_rate=round(successful / duration_s, 1),
+        p50_ms=result.percentile_ms(50),
+        p99_ms=result.percentile_ms(99),
+        passed=attempted > 0 and failed / attempted < MAX_FAILED_RATIO,
+        failure_kinds=kinds,
+    )
+
+
+def sweep(
+    name: str,
+    rates: list[int],
+    duration_s: float,
+    run_step: Any,
+) -> RateResult:
+    """Runs increasing rates until one step fails (more than 0.1 % failed)."""
+    result = RateResult()
+    for rate in rates:
+        step = step_from(run_step(rate), rate, duration_s)
+        result.steps.append(step)
+        p50 = f"{step.p50_ms:.0f}" if step.p50_ms is not None else "-"
+        p99 = f"{step.p99_ms:.0f}" if step.p99_ms is not None else "-"
+        log(
+            f"  {name} {rate:>5}/s: {step.successful}/{step.attempted} ok, "
+            f"{step.failed_ratio * 100:.2f}% failed, p50 {p50} ms, p99 {p99} ms"
+            + ("" if step.passed else f"  -> limit reached {step.failure_kinds}")
+        )
+        if not step.passed:
+            break
+        time.sleep(1)  # let retransmission timers and queues drain between steps
+    return result
+
+
+def sipp_step(
+    scenario: str | Path,
+    remote: str,
+    workdir: Path,
+    rate: int,
+    duration_s: float,
+    **options: Any,
+) -> SippResult:
+    calls = int(rate * duration_s)
+    return run_sipp(
+        scenario,
+        remote,
+        workdir,
+        calls=calls,
+        rate=rate,
+        max_concurrent=max(1000, rate * 10),
+        timeout_s=duration_s + 30,
+        timeout_is_error=False,
+        trace_messages=False,
+        trace_rtt=True,
+        buff_size=SIPP_BUFFER,
+        name=f"{Path(scenario).stem}-{rate}",
+        **options,
+    )
+
+
+# ---------------------------------------------------------------- sipswitch
+
+
+def bulk_add_users(server: SipswitchServer, users: dict[str, str]) -> None:
+    """Creates many extensions through the store in one process (the CLI adds one per run)."""
+    from sipswitch.config import load_settings
+    from sipswitch.store import Database
+
+    settings = load_settings(server.config_path, server.data_dir)
+
+    async def work() -> None:
+        db = Database.from_settings(settings)
+        await db.open()
+        try:
+            for number, password in users.items():
+                await db.extensions.add(number, password, settings.sip.realm)
+        finally:
+            await db.close()
+
+    asyncio.run(work())
+
+
+def register_phase(
+    server: SipswitchServer, workdir: Path, plan: Plan, users: dict[str, str]
+) -> RateResult:
+    pairs = list(users.items())
+
+    def run(rate: int) -> SippResult:
+        return sipp_step("register", server.remote, workdir, rate, plan.step_s, users=pairs)
+
+    return sweep("REGISTER", plan.register_rates, plan.step_s, run)
+
+
+def calls_phase(
+    remote: str,
+    workdir: Path,
+    rates: list[int],
+    step_s: float,
+    *,
+    scenario: str,
+    caller_password: str,
+    callee_port: int,
+    register_callee: SipswitchServer | None,
+    label: str,
+) -> tuple[RateResult, SippResult | None]:
+    if register_callee is not None:
+        reg = run_sipp(
+            "register",
+            register_callee.remote,
+            workdir,
+            users=[(CALLEE, register_callee.users[CALLEE])],
+            local_port=callee_port,
+            timeout_s=20,
+            name="register-callee",
+        )
+        if not reg.ok:
+            raise RuntimeError("the callee could not register:\n" + reg.describe())
+    total_calls = sum(int(r * step_s) for r in rates) + 10
+    budget = len(rates) * (step_s + 40) + 60
+    uas = Sipp(
+        "uas_answer",
+        None,
+        workdir,
+        calls=total_calls,
+        local_port=callee_port,
+        timeout_s=budget,
+        recv_timeout_ms=10000,
+        timeout_is_error=False,
+        trace_messages=False,
+        buff_size=SIPP_BUFFER,
+        name=f"uas-{label}",
+    ).start()
+    uas.wait_listening()
+
+    def run(rate: int) -> SippResult:
+        return sipp_step(
+            scenario,
+            remote,
+            workdir,
+            rate,
+            step_s,
+            service=CALLEE,
+            users=[(CALLER, caller_password)],
+        )
+
+    try:
+        result = sweep(label, rates, step_s, run)
+    finally:
+        uas_result = uas.stop()
+    return result, uas_result
+
+
+def many_registrations_phase(
+    server: SipswitchServer, workdir: Path, plan: Plan, users: dict[str, str], rate: int
+) -> dict[str, Any]:
+    count = plan.registrations
+    before = memory_mb(server.pid or 0)
+    duration = count / rate
+    log(f"  registering {count} contacts at {rate}/s (about {duration:.0f} s)")
+    result = run_sipp(
+        BENCH / "scenarios" / "register_many.xml",
+        server.remote,
+        workdir,
+        users=list(users.items()),
+        calls=count,
+        rate=rate,
+        max_concurrent=max(1000, rate * 10),
+        timeout_s=duration * 3 + 60,
+        timeout_is_error=False,
+        trace_messages=False,
+        buff_size=SIPP_BUFFER,
+        name="register-many",
+    )
+    time.sleep(2)  # let batched writes of the bindings land
+    after = memory_mb(server.pid or 0)
+    return {
+        "contacts": count,
+        "registered": result.successful,
+        "failed": result.failed,
+        "rate": rate,
+        "elapsed_s": round(result.elapsed_s, 1),
+        "rss_before_mb": round(before["rss_mb"], 1),
+        "rss_after_mb": round(after["rss_mb"], 1),
+        "peak_rss_mb": round(after["peak_rss_mb"], 1),
+    }
+
+
+def bench_sipswitch(plan: Plan, workdir: Path) -> dict[str, Any]:
+    reg_users = {f"3{i:04d}": f"pw3{i:04d}" for i in range(REG_USERS)}
+    many_users = {f"4{i:04d}": f"pw4{i:04d}" for i in range(MANY_USERS)}
+    contacts_per_user = -(-plan.registrations // MANY_USERS)
+    server = SipswitchServer(
+        workdir,
+        users={CALLER: "bench-caller-pw", CALLEE: "bench-callee-pw"},
+        max_contacts=min(100, max(3, contacts_per_user)),
+        extra_config='[log]\nlevel = "warning"',
+    )
+    log(f"sipswitch on {server.remote}: creating {REG_USERS + MANY_USERS + 2} extensions")
+    server.add_extensions()
+    bulk_add_users(server, reg_users | many_users)
+    server.start()
+    pid = server.pid or 0
+    out: dict[str, Any] = {"pid": pid}
+    try:
+        cpu0 = tree_cpu_seconds(pid)
+        log("authenticated REGISTER/s")
+        registers = register_phase(server, workdir, plan, reg_users)
+        cpu1 = tree_cpu_seconds(pid)
+        out["register"] = registers.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
+
+        log("calls/s: SIPp caller -> sipswitch (digest) -> SIPp callee, call length 0")
+        calls, _ = calls_phase(
+            server.remote,
+            workdir,
+            plan.call_rates,
+            plan.step_s,
+            scenario="uac_call",
+            caller_password=server.users[CALLER],
+            callee_port=free_port(),
+            register_callee=server,
+            label="calls",
+        )
+        cpu2 = tree_cpu_seconds(pid)
+        out["calls"] = calls.as_dict() | {"cpu_s": round(cpu2 - cpu1, 2)}
+        successful_calls = sum(s.successful for s in calls.steps)
+        out["calls"]["cpu_ms_per_call"] = (
+            round((cpu2 - cpu1) * 1000 / successful_calls, 3) if successful_calls else None
+        )
+        out["memory_after_load"] = memory_mb(pid)
+
+        best_reg = registers.best
+        reg_rate = max(100, int((best_reg.target_rate if best_reg else 100) * 0.8))
+        log(f"memory with {plan.registrations} registrations")
+        out["registrations"] = many_registrations_phase(server, workdir, plan, many_users, reg_rate)
+        out["cpu_s_total"] = round(tree_cpu_seconds(pid) - cpu0, 2)
+        out["memory_end"] = memory_mb(pid)
+    finally:
+        out["exit_code"] = server.stop(check=False)
+    return out
+
+
+# ---------------------------------------------------------------- Kamailio
+
+
+def kamailio_cfg() -> Path | None:
+    for path in KAMAILIO_CFG_CANDIDATES:
+        if path.is_file():
+            return path
+    return None
+
+
+def bench_kamailio(plan: Plan, workdir: Path) -> dict[str, Any]:
+    cfg = kamailio_cfg()
+    if cfg is None or not os.path.exists(KAMAILIO):
+        return {"skipped": "kamailio or its config is missing"}
+    port = free_port()
+    callee_port = free_port()
+    rundir = workdir / "kamailio-run"
+    rundir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        KAMAILIO, "-f", str(cfg), "-DD", "-E", "-m", "1024", "-M", "32", "-Y", str(rundir),
+        "-A", "CHILDREN=2", "-x", "tlsf", "-X", "tlsf",
+        "-A", f"LISTEN=udp:127.0.0.1:{port}",
+        "-A", f'UAS="sip:127.0.0.1:{callee_port}"',
+    ]  # fmt: skip
+    log_path = workdir / "kamailio.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while options_ping("127.0.0.1", port, 0.3) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return {"skipped": "kamailio did not start: " + log_path.read_text()[-2000:]}
+        log(f"kamailio on 127.0.0.1:{port} (pid {proc.pid}), calls/s, call length 0")
+        cpu0 = tree_cpu_seconds(proc.pid)
+        calls, _ = calls_phase(
+            f"127.0.0.1:{port}",
+            workdir,
+            plan.kamailio_rates,
+            plan.step_s,
+            scenario="uac_call_noauth",
+            caller_password="unused",
+            callee_port=callee_port,
+            register_callee=None,
+            label="kamailio",
+        )
+        cpu_s = tree_cpu_seconds(proc.pid) - cpu0
+        successful = sum(s.successful for s in calls.steps)
+        return calls.as_dict() | {
+            "pid": proc.pid,
+            "cpu_s": round(cpu_s, 2),
+            "cpu_ms_per_call": round(cpu_s * 1000 / successful, 3) if successful else None,
+        }
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    sw = report.get("sipswitch", {})
+    kam = report.get("kamailio", {})
+    reg = sw.get("register", {})
+    calls = sw.get("calls", {})
+    regs = sw.get("registrations", {})
+    contacts = regs.get("contacts", 0)
+    rss_regs = regs.get("rss_after_mb")
+    ratio = report.get("ratio_calls_to_kamailio")
+    if ratio is not None:
+        ratio *= 100
+
+    def verdict(ok: bool | None) -> str:
+        return "-" if ok is None else ("met" if ok else "NOT met")
+
+    rows = [
+        ("measure", "sipswitch", "target", "", "kamailio"),
+        (
+            "REGISTER/s (digest, <0.1% failed)",
+            fmt(reg.get("best_rate")),
+            f">= {TARGET_REGISTER_PER_S:,}",
+            verdict(reg.get("best_rate", 0) >= TARGET_REGISTER_PER_S if reg else None),
+            "",
+        ),
+        (
+            "calls/s (<0.1% failed)",
+            fmt(calls.get("best_rate")),
+            f">= {TARGET_CALLS_PER_S:,}",
+            verdict(calls.get("best_rate", 0) >= TARGET_CALLS_PER_S if calls else None),
+            fmt(kam.get("best_rate")),
+        ),
+        (
+            "call setup p50 / p99 at that rate",
+            f"{fmt(calls.get('best_p50_ms'), ' ms')} / {fmt(calls.get('best_p99_ms'), ' ms')}",
+            "",
+            "",
+            f"{fmt(kam.get('best_p50_ms'), ' ms')} / {fmt(kam.get('best_p99_ms'), ' ms')}",
+        ),
+        ("calls/s as a share of kamailio's", fmt(ratio, " %", 1), "", "", ""),
+        (
+            "server CPU per call",
+            fmt(calls.get("cpu_ms_per_call"), " ms", 3),
+            "",
+            "",
+            fmt(kam.get("cpu_ms_per_call"), " ms", 3),
+        ),
+        ("server CPU, whole run", fmt(sw.get("cpu_s_total"), " s", 1), "", "", ""),
+        (
+            "server peak RSS",
+            fmt(sw.get("memory_end", {}).get("peak_rss_mb"), " MiB", 1),
+            "",
+            "",
+            "",
+        ),
+        (
+            f"RSS with {contacts:,} registrations ({regs.get('registered', 0):,} ok)",
+            fmt(rss_regs, " MiB", 1),
+            f"< {TARGET_RSS_100K_MB} MiB" + ("" if contacts >= 100_000 else " at 100k"),
+            verdict(
+                None if rss_regs is None or contacts < 100_000
+                else rss_regs < TARGET_RSS_100K_MB and regs.get("registered", 0) >= contacts
+            ),
+            "",
+        ),
+    ]  # fmt: skip
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for i, row in enumerate(rows):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    if report.get("quick"):
+        print("\n(--quick: short steps; rates are rough)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short steps, 10,000 registrations")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "bench.json")
+    parser.add_argument("--skip-kamailio", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder with logs")
+    args = parser.parse_args(argv)
+
+    if server_missing():
+        print("sipswitch.pbx.server is missing: nothing to benchmark", file=sys.stderr)
+        return 1
+    if not shutil.which("sipp"):
+        print("sipp is not installed: run `make test-deps`", file=sys.stderr)
+        return 1
+
+    plan = QUICK if args.quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="sipswitch-bench-"))
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "plan": asdict(plan),
+        "targets": {
+            "calls_per_s": TARGET_CALLS_PER_S,
+            "register_per_s": TARGET_REGISTER_PER_S,
+            "rss_100k_registrations_mb": TARGET_RSS_100K_MB,
+        },
+        "workdir": str(workdir),
+    }
+    code = 0
+    try:
+        report["sipswitch"] = bench_sipswitch(plan, workdir)
+        if not args.skip_kamailio:
+            report["kamailio"] = bench_kamailio(plan, workdir)
+            kam_best = report["kamailio"].get("best_rate")
+            sw_best = report["sipswitch"].get("calls", {}).get("best_rate")
+            if kam_best and sw_best is not None:
+                report["ratio_calls_to_kamailio"] = round(sw_best / kam_best, 4)
+    except Exception as exc:  # report what was measured before the failure
+        report["error"] = f"{exc.__class__.__name__}: {exc}"
+        print(f"benchmark failed: {report['error']}", file=sys.stderr)
+        code = 1
+    finally:
+        report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print_table(report)
+        print(f"\nresults: {args.out}")
+        if args.keep or code:
+            print(f"logs: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
