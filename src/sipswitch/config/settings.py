@@ -40,6 +40,8 @@ class SipSettings(Section):
     domain: str = ""
     realm: str = "sipswitch"
     user_agent: str = "sipswitch"
+    # Answer UDP requests at the port they came from even without ;rport (phones behind NAT).
+    force_rport: bool = True
 
     @field_validator("listen")
     @classmethod

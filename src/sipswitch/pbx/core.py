@@ -103,7 +103,11 @@ class PbxCore:
         self.transports = transports
         self.directory = directory
         self.transactions = TransactionLayer(
-            transports, clock, self.on_request, on_parse_error=self.on_parse_error
+            transports,
+            clock,
+            self.on_request,
+            on_parse_error=self.on_parse_error,
+            force_rport=settings.sip.force_rport,
         )
         self.challenger = DigestChallenger(
             secret or secrets.token_bytes(32), settings.sip.realm, clock.wall
@@ -145,7 +149,13 @@ class PbxCore:
     def on_parse_error(self, error: MessageError, source: Address, local: Address) -> None:
         self.protocol_log.warning("unparsable message from %s: %s", source, error.reason)
         request = error.partial
-        if isinstance(request, Request) and request.method != "ACK":
+        # Without Via and Call-ID it is not recognisably SIP: drop it silently.
+        if (
+            isinstance(request, Request)
+            and request.method != "ACK"
+            and "Via" in request.headers
+            and "Call-ID" in request.headers
+        ):
             try:
                 response = make_response(request, error.status, error.reason)
                 response.headers.add("Server", self.settings.sip.user_agent)

@@ -67,7 +67,9 @@ class TransactionLayer(MessageSink):
         timers: TimerSettings = DEFAULT_TIMERS,
         max_transactions: int = 200_000,
         on_parse_error: ParseErrorHandler | None = None,
+        force_rport: bool = False,
     ) -> None:
+        self.force_rport = force_rport
         self._transport = transport
         self._clock = clock
         self._timers = timers
@@ -187,13 +189,13 @@ class TransactionLayer(MessageSink):
             logger.info("Could not send %r to %s", message, destination)
 
     def response_destination(self, request: Request, source: Address) -> Address:
-        return _response_destination(request, source)
+        return _response_destination(request, source, self.force_rport)
 
     # --- receiving ---
     def _receive_request(self, request: Request, source: Address) -> None:
         method = request.method
         try:
-            via = stamp_via(request, request.top_via, source)
+            via = stamp_via(request, request.top_via, source, self.force_rport)
             _ = request.cseq  # a broken CSeq means no transaction can be formed
             key = server_key(request, via, "INVITE" if method == "ACK" else method)
         except SipError:
@@ -212,7 +214,7 @@ class TransactionLayer(MessageSink):
         if self.transaction_count >= self.max_transactions:
             self._reject_overload(request, source)
             return
-        destination = _response_destination(request, source)
+        destination = _response_destination(request, source, self.force_rport)
         if method == "INVITE":
             invite = ServerInviteTransaction(self, request, source, destination, key)
             self._server[key] = invite
@@ -254,7 +256,7 @@ class TransactionLayer(MessageSink):
                 not is_rfc2543_key(invite_key) or to_tag_matches(found, cancel)
             ):
                 invite = found
-        destination = _response_destination(cancel, source)
+        destination = _response_destination(cancel, source, self.force_rport)
         if invite is None:
             # Answered statelessly: a retransmitted CANCEL simply gets another 481, and a flood
             # of unmatched CANCELs does not fill the tables.
@@ -268,7 +270,7 @@ class TransactionLayer(MessageSink):
     def _reject_overload(self, request: Request, source: Address) -> None:
         response = make_response(request, 503, to_tag=new_tag())
         response.headers.add("Retry-After", OVERLOAD_RETRY_AFTER)
-        self.send_stateless(response, _response_destination(request, source))
+        self.send_stateless(response, _response_destination(request, source, self.force_rport))
 
     def _deliver(self, request: Request, txn: ServerTransaction | None, source: Address) -> None:
         try:

@@ -89,12 +89,17 @@ def replace_top_via(headers: Headers, via: Via) -> None:
     headers.prepend("Via", str(via))
 
 
-def stamp_via(request: Request, via: Via, source: Address) -> Via:
+def stamp_via(request: Request, via: Via, source: Address, force_rport: bool = False) -> Via:
     """Add ``received`` when the sent-by host is not where the request came from, and fill an
     empty ``rport`` with the source port (RFC 3581 then requires ``received`` too). The header
-    text is rewritten so responses, which copy the Via, echo both."""
+    text is rewritten so responses, which copy the Via, echo both.
+
+    ``force_rport`` treats every UDP request as if it asked for rport, so responses go back to
+    the port the request came from (what phones behind NAT need even when they do not ask)."""
     params = via.params
     wants_rport = "rport" in params and params["rport"] is None
+    if force_rport and not source.reliable and "rport" not in params:
+        wants_rport = True
     if not wants_rport and same_host(via.host, source.host):
         return via
     new_params = dict(params)
@@ -106,11 +111,12 @@ def stamp_via(request: Request, via: Via, source: Address) -> Via:
     return stamped
 
 
-def response_destination(request: Request, source: Address) -> Address:
+def response_destination(request: Request, source: Address, force_rport: bool = False) -> Address:
     """Where responses to ``request`` go: back over the same connection on reliable transports;
     over UDP to ``received`` (or the source host) and ``rport`` (or the Via port, or 5060).
-    A missing or broken Via falls back to the source address."""
-    if source.reliable:
+    A missing or broken Via falls back to the source address; ``force_rport`` always answers
+    the source address."""
+    if source.reliable or force_rport:
         return source
     try:
         via = request.top_via
