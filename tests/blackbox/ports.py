@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+from pathlib import Path
 
 HOST = "127.0.0.1"
 
@@ -47,7 +48,19 @@ def free_port_block(count: int, host: str = HOST) -> int:
 
 
 def port_in_use(port: int, transport: str = "udp", host: str = HOST) -> bool:
-    """Whether some process has bound ``port`` for ``transport`` on ``host``."""
+    """Whether some process listens on ``port`` (TCP) or has bound it (UDP) on ``host``.
+
+    For TCP the kernel's socket table is read: a connection in TIME-WAIT on the port also
+    makes ``bind`` fail, but it is no listener."""
+    table = Path("/proc/net/tcp" if transport == "tcp" else "/proc/net/udp")
+    if table.exists():
+        wanted_state = "0A" if transport == "tcp" else "07"  # LISTEN / unconnected UDP
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == wanted_state:
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return True
+        return False
     kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as sock:
         try:
