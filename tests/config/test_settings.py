@@ -223,3 +223,14 @@ def test_error_line_follows_the_offending_key(
 def test_settings_model_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError):
         Settings.model_validate({"sip": {"udp_port": 1, "port": 2}})
+
+
+def test_auth_algorithms_keep_their_order_and_reject_unknown(tmp_path: Path) -> None:
+    config = tmp_path / "sipswitch.toml"
+    config.write_text('[sip]\nauth_algorithms = ["sha-256", "md5"]\n')
+    assert load_settings(config).sip.auth_algorithms == ["SHA-256", "MD5"]
+    assert load_settings(None, tmp_path).sip.auth_algorithms == ["MD5", "SHA-256"]
+    config.write_text('[sip]\nauth_algorithms = ["SHA-1"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    assert f"{config}:2:" in str(info.value)

@@ -172,8 +172,9 @@ def test_compute_ha1_algorithms() -> None:
 # --- challenges ---------------------------------------------------------------------------------
 
 
-def test_challenge_values_one_per_algorithm_strongest_first(clock: VirtualClock) -> None:
-    challenger = make_challenger(clock, algorithms=("MD5", "SHA-256"))
+def test_challenge_values_one_per_algorithm_in_configured_order(clock: VirtualClock) -> None:
+    assert make_challenger(clock, algorithms=("MD5", "SHA-256")).algorithms == ("MD5", "SHA-256")
+    challenger = make_challenger(clock, algorithms=("SHA-256", "MD5"))
     values = challenger.challenge_values()
     assert len(values) == 2
     parsed = [parse_challenge(v) for v in values]

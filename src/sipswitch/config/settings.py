@@ -42,6 +42,25 @@ class SipSettings(Section):
     user_agent: str = "sipswitch"
     # Answer UDP requests at the port they came from even without ;rport (phones behind NAT).
     force_rport: bool = True
+    # Digest challenges, in the order sent. MD5 comes first by default because many phones
+    # (and SIPp) answer only the first challenge and know nothing else.
+    auth_algorithms: list[str] = Field(default_factory=lambda: ["MD5", "SHA-256"])
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _algorithms(cls, value: list[str]) -> list[str]:
+        known = {"MD5": "MD5", "SHA-256": "SHA-256"}
+        out: list[str] = []
+        for item in value:
+            name = known.get(item.strip().upper())
+            if name is None:
+                raise ValueError(f"{item!r} is not a digest algorithm (MD5 or SHA-256)")
+            if name in out:
+                raise ValueError(f"{item!r} is listed twice")
+            out.append(name)
+        if not out:
+            raise ValueError("at least one algorithm is needed")
+        return out
 
     @field_validator("listen")
     @classmethod

@@ -110,7 +110,10 @@ class PbxCore:
             force_rport=settings.sip.force_rport,
         )
         self.challenger = DigestChallenger(
-            secret or secrets.token_bytes(32), settings.sip.realm, clock.wall
+            secret or secrets.token_bytes(32),
+            settings.sip.realm,
+            clock.wall,
+            algorithms=settings.sip.auth_algorithms,
         )
         self.protocol_log = RateLimitedLog(log)
         self.handlers: dict[str, Callable[[Request, ServerTransaction, Address], None]] = {}

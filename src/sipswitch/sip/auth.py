@@ -459,10 +459,10 @@ class DigestChallenger:
         self.nonce_ttl = nonce_ttl
         self.allow_rfc2069 = allow_rfc2069
         self.offer_auth_int = offer_auth_int
-        # RFC 8760 §2.4: challenges go out in order of preference, strongest first.
-        self.algorithms: tuple[str, ...] = tuple(
-            s.name for s in sorted(specs.values(), key=lambda s: s.preference)
-        )
+        # RFC 8760 §2.4: challenges go out in order of preference, which is the order given.
+        # (Many deployed phones, and SIPp, answer only the first challenge and know only MD5,
+        # so a PBX may have to put MD5 first.)
+        self.algorithms: tuple[str, ...] = tuple(specs)
         self._secret = secret
         self._clock = clock
         self._max_tracked = max_tracked_nonces
