@@ -90,3 +90,22 @@ async def test_bindings_survive_a_restart(lab: Lab) -> None:
     bindings = server.location.lookup("200")
     assert [b.contact_uri for b in bindings] == [f"sip:200@127.0.0.2:{phone.address.port}"]
     assert "1 registrations restored" in lab.output[-1]
+
+
+async def test_a_failing_store_gets_500_and_the_server_keeps_serving(lab: Lab) -> None:
+    server = await lab.start_server()
+    phone = lab.phone("200")
+    assert (await phone.register()).status == 200
+
+    async def broken(number: str) -> None:
+        raise RuntimeError("database is gone")
+
+    assert server.core is not None
+    server.core.directory._cache.clear()
+    original = server.core.directory._store.get
+    server.core.directory._store.get = broken  # type: ignore[method-assign,assignment]
+    try:
+        assert (await phone.register()).status == 500
+    finally:
+        server.core.directory._store.get = original  # type: ignore[method-assign]
+    assert (await phone.register()).status == 200

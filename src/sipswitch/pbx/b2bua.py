@@ -572,7 +572,7 @@ class CallManager:
 
     # --- new calls ---
     def handle_invite(self, request: Request, txn: ServerTransaction, source: Address) -> None:
-        self.core.spawn(self.place_call(txn, source))
+        self.core.spawn(self.place_call(txn, source), txn)
 
     async def place_call(self, txn: ServerTransaction, source: Address) -> None:
         core = self.core

@@ -275,15 +275,24 @@ class PbxCore:
         return self.settings.sip.domain or uri.host
 
     # --- background work ---
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], txn: ServerTransaction | None = None
+    ) -> None:
+        """Run a request handler in the background. If it fails, ``txn`` (when given and still
+        unanswered) gets a 500, so no transaction is left waiting for a final response."""
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda done: self._task_done(done, txn))
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Task[Any], txn: ServerTransaction | None) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("request handler failed", exc_info=task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("request handler failed", exc_info=task.exception())
+        if txn is not None and not txn.terminated:
+            last = txn.last_response
+            if last is None or last.status < 200:
+                self.respond(txn, 500)
 
     async def drain(self, timeout: float) -> None:
         if self._tasks:

@@ -34,7 +34,7 @@ class Registrar:
         self.max_contacts = settings.max_contacts
 
     def handle(self, request: Request, txn: ServerTransaction, source: Address) -> None:
-        self.core.spawn(self.register(txn, source))
+        self.core.spawn(self.register(txn, source), txn)
 
     async def register(self, txn: ServerTransaction, source: Address) -> None:
         core = self.core
