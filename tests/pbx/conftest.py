@@ -67,6 +67,8 @@ class Lab:
         for number in extensions:
             if number not in existing:
                 await server.database.extensions.add(number, PASSWORD, settings.sip.realm)
+        assert server.directory is not None
+        await server.directory.load()
         self.server = server
         return server
 

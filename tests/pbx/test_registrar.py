@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sipswitch.sip.headers import parse_name_addr
 
-from .conftest import Lab
+from .conftest import PASSWORD, Lab
 
 
 async def test_register_challenges_then_accepts(lab: Lab) -> None:
@@ -96,16 +96,29 @@ async def test_a_failing_store_gets_500_and_the_server_keeps_serving(lab: Lab) -
     server = await lab.start_server()
     phone = lab.phone("200")
     assert (await phone.register()).status == 200
+    assert server.location is not None and server.location._store is not None
+    store = server.location._store
+    original = store.apply
 
-    async def broken(number: str) -> None:
+    async def broken(*args: object) -> None:
         raise RuntimeError("database is gone")
 
-    assert server.core is not None
-    server.core.directory._cache.clear()
-    original = server.core.directory._store.get
-    server.core.directory._store.get = broken  # type: ignore[method-assign,assignment]
+    store.apply = broken  # type: ignore[method-assign]
     try:
         assert (await phone.register()).status == 500
     finally:
-        server.core.directory._store.get = original  # type: ignore[method-assign]
+        store.apply = original  # type: ignore[method-assign]
     assert (await phone.register()).status == 200
+
+
+async def test_extensions_added_while_running_are_seen(lab: Lab) -> None:
+    server = await lab.start_server(extensions=())
+    phone = lab.phone("300")
+    assert (await phone.register()).status == 401
+    await server.database.extensions.add("300", PASSWORD, "sipswitch")
+    assert server.directory is not None
+    await server.directory.load()
+    assert (await phone.register()).status == 200
+    await server.database.extensions.remove("300")
+    await server.directory.load()
+    assert (await phone.register()).status == 401

@@ -606,7 +606,7 @@ class CallManager:
         uri = request.uri
         assert isinstance(uri, SipUri)
         number = uri.user_unescaped
-        callee_ext = await core.directory.get(number) if number else None
+        callee_ext = core.directory.lookup(number) if number else None
         if callee_ext is None or not callee_ext.enabled:
             core.respond(txn, 404)
             return

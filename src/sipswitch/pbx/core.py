@@ -239,7 +239,7 @@ class PbxCore:
             creds = parse_credentials(value)
             if creds is None or creds.realm != self.challenger.realm:
                 continue
-            extension = await self.directory.get(creds.username)
+            extension = self.directory.lookup(creds.username)
             if extension is not None and not extension.enabled:
                 extension = None
             ha1 = None

@@ -1,52 +1,60 @@
-"""Extensions as the call path sees them: a short-lived cache in front of the extension store.
+"""Extensions as the call path sees them: an in-memory copy of the extension table.
 
-The cache keeps REGISTER and INVITE handling off the database for known numbers; entries live a
-few seconds, so `sipswitch ext ...` changes made by another process are seen quickly.
+REGISTER and INVITE handling never wait for the database: every extension is held in memory and
+the copy is reloaded when the table's version changes (``sipswitch ext ...`` run by another
+process bumps it), checked every ``refresh_interval`` seconds.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
 
 from ..store import Extension, ExtensionStore
 
+log = logging.getLogger(__name__)
+
 
 class ExtensionDirectory:
-    def __init__(
-        self,
-        store: ExtensionStore,
-        clock: Callable[[], float],
-        ttl: float = 5.0,
-        max_entries: int = 200_000,
-    ) -> None:
+    def __init__(self, store: ExtensionStore, refresh_interval: float = 2.0) -> None:
         self._store = store
-        self._clock = clock
-        self._ttl = ttl
-        self._max = max_entries
-        self._cache: OrderedDict[str, tuple[float, Extension | None]] = OrderedDict()
+        self._interval = refresh_interval
+        self._extensions: dict[str, Extension] = {}
+        self._version: str | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    def cached(self, number: str) -> tuple[bool, Extension | None]:
-        """(hit, extension) without touching the database."""
-        entry = self._cache.get(number)
-        if entry is None or entry[0] < self._clock():
-            return False, None
-        return True, entry[1]
+    async def load(self) -> int:
+        """Read the whole table if it changed since the last load; returns the count held."""
+        version = await self._store.version()
+        if version != self._version:
+            version, extensions = await self._store.snapshot()
+            self._extensions = {e.number: e for e in extensions}
+            if self._version is not None:
+                log.info("extensions reloaded: %d", len(self._extensions))
+            self._version = version
+        return len(self._extensions)
 
-    async def get(self, number: str) -> Extension | None:
-        hit, extension = self.cached(number)
-        if hit:
-            return extension
-        extension = await self._store.get(number) if _plausible(number) else None
-        self._cache[number] = (self._clock() + self._ttl, extension)
-        self._cache.move_to_end(number)
-        while len(self._cache) > self._max:
-            self._cache.popitem(last=False)
-        return extension
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_loop(), name="extension-refresh")
 
-    def forget(self, number: str) -> None:
-        self._cache.pop(number, None)
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.load()
+            except Exception as exc:  # noqa: BLE001 - keep serving the copy we have
+                log.warning("could not reload extensions: %s", exc)
 
-def _plausible(number: str) -> bool:
-    return 0 < len(number) <= 64
+    def lookup(self, number: str) -> Extension | None:
+        return self._extensions.get(number)
+
+    def __len__(self) -> int:
+        return len(self._extensions)

@@ -45,6 +45,7 @@ class SipServer:
         self.calls: CallManager | None = None
         self.cdr: CdrRecorder | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.directory: ExtensionDirectory | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -63,7 +64,10 @@ class SipServer:
         self.cdr.start()
         if self.transports is None:
             self.transports = TransportManager()
-        directory = ExtensionDirectory(self.database.extensions, clock.now)
+        directory = ExtensionDirectory(self.database.extensions)
+        await directory.load()
+        directory.start()
+        self.directory = directory
         core = PbxCore(settings, clock, self.transports, directory)
         self.core = core
         registrar = Registrar(core, self.location)
@@ -109,6 +113,8 @@ class SipServer:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.directory is not None:
+            await self.directory.close()
         if self.location is not None:
             await self.location.close()
         if self.cdr is not None:

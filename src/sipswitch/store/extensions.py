@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from types import EllipsisType
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from sipswitch.store import schema
 from sipswitch.store.credentials import compute_ha1
+from sipswitch.store.dialect import insert_for
 from sipswitch.store.errors import ExtensionExists, ExtensionNotFound, InvalidExtension
 
 NUMBER_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -95,6 +98,20 @@ def _natural_key(ext: Extension) -> tuple[int, int, str]:
     return (0, int(ext.number), ext.number) if ext.number.isdigit() else (1, 0, ext.number)
 
 
+VERSION_KEY = "extensions_version"
+
+
+async def touch_version(conn: AsyncConnection) -> None:
+    """Record that the extension table changed (inside the changing transaction), so a running
+    server reloads its in-memory copy."""
+    insert = insert_for(conn.engine, schema.meta)
+    await conn.execute(
+        insert.values(key=VERSION_KEY, value=secrets.token_hex(8)).on_conflict_do_update(
+            index_elements=[schema.meta.c.key], set_={"value": insert.excluded.value}
+        )
+    )
+
+
 class ExtensionStore:
     """Create, read, change and remove extensions; passwords are kept only as HA1s."""
 
@@ -114,6 +131,23 @@ class ExtensionStore:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(schema.extensions))).all()
         return sorted((_from_row(row) for row in rows), key=_natural_key)
+
+    async def version(self) -> str:
+        """Changes whenever an extension is added, changed or removed ("" before any)."""
+        async with self._engine.connect() as conn:
+            value = await conn.scalar(
+                select(schema.meta.c.value).where(schema.meta.c.key == VERSION_KEY)
+            )
+        return value or ""
+
+    async def snapshot(self) -> tuple[str, builtins.list[Extension]]:
+        """The version and every extension, read in one transaction."""
+        async with self._engine.connect() as conn:
+            value = await conn.scalar(
+                select(schema.meta.c.value).where(schema.meta.c.key == VERSION_KEY)
+            )
+            rows = (await conn.execute(select(schema.extensions))).all()
+        return value or "", [_from_row(row) for row in rows]
 
     async def add(
         self,
@@ -171,6 +205,7 @@ class ExtensionStore:
             if values:
                 await conn.execute(update(table).where(table.c.number == number).values(values))
                 row = (await conn.execute(select(table).where(table.c.number == number))).one()
+                await touch_version(conn)
         return _from_row(row)
 
     async def remove(self, number: str) -> bool:
@@ -180,6 +215,7 @@ class ExtensionStore:
                 delete(schema.extensions).where(schema.extensions.c.number == number)
             )
             await conn.execute(delete(schema.bindings).where(schema.bindings.c.aor == number))
+            await touch_version(conn)
         return result.rowcount > 0
 
 
@@ -210,5 +246,6 @@ async def add_extension(
             await conn.execute(table.insert().values(values))
     except IntegrityError:
         raise ExtensionExists(number) from None
+    await touch_version(conn)
     del values["created_at"]
     return Extension(**values)
