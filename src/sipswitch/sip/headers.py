@@ -6,20 +6,19 @@ it is malformed; each type serialises back with ``str()``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .errors import SipError
 from .uri import SipUri, Uri, parse_hostport, parse_uri
 
 MAX_CSEQ = 2**32 - 1
-_TOKEN_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
-)
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _WS = " \t"
 
 
 def is_token(text: str) -> bool:
-    return bool(text) and all(c in _TOKEN_CHARS for c in text)
+    return _TOKEN.fullmatch(text) is not None
 
 
 def split_list(value: str) -> list[str]:

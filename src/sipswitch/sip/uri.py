@@ -8,13 +8,14 @@ NULs (``%00``) without being cut short.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from .errors import SipError
 
 MAX_URI_LENGTH = 4096
-_FORBIDDEN = frozenset(' \t\r\n<>"\x00')
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_ILLEGAL = re.compile(r'[\x00-\x20<>"\x7f]')
+_HOST = re.compile(r"[A-Za-z0-9.\-_]+")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 
@@ -118,9 +119,8 @@ def parse_uri(text: str) -> Uri:
         c not in _SCHEME_CHARS for c in scheme
     ):
         raise SipError("Malformed URI scheme")
-    for ch in text:
-        if ch in _FORBIDDEN or ord(ch) < 0x20:
-            raise SipError("Illegal character in URI")
+    if _ILLEGAL.search(text) is not None:
+        raise SipError("Illegal character in URI")
     lowered = scheme.lower()
     if lowered not in ("sip", "sips"):
         return AbsoluteUri(lowered, text)
@@ -197,7 +197,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
         host, port = text[:colon], _parse_port(text[colon + 1 :])
     else:
         host, port = text, None
-    if not host or any(c not in _HOST_CHARS for c in host):
+    if _HOST.fullmatch(host) is None:
         raise SipError("Malformed host")
     return host.lower(), port
 

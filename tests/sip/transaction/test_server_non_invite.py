@@ -85,3 +85,21 @@ def test_unanswered_transaction_is_dropped_after_64_t1() -> None:
     txn.respond(make_response(txn.request, 200, to_tag="late"))
     env.clock.advance(0)
     assert env.inbox.received == []
+
+
+def test_completed_transaction_keeps_only_the_wire_bytes() -> None:
+    env = make_env()
+    env.peer_send(request_bytes("REGISTER"))
+    txn = options_txn(env)
+    original = txn.request
+    txn.respond(make_response(original, 401, to_tag="x"))
+    # The parsed request and response are let go; the status stays readable.
+    assert txn.request is not original and len(txn.request.headers) == 0
+    assert txn.request.method == "REGISTER"
+    assert txn.last_response is not None and txn.last_response.status == 401
+    assert len(txn.last_response.headers) == 0
+    assert len(original.headers) > 0, "the TU's own request object is left untouched"
+    env.at(1.0)
+    env.peer_send(request_bytes("REGISTER"))
+    first, again = env.inbox.responses()
+    assert first.to_bytes() == again.to_bytes() and first.status == 401

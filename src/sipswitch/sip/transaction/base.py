@@ -306,6 +306,15 @@ class ServerTransaction(Transaction):
         if not self._host.transmit(self._last_data, self.destination):
             logger.info("Could not send %s to %s", response, self.destination)
 
+    def _release(self) -> None:
+        """Completed: only the wire bytes of the final response are needed to answer
+        retransmissions for the rest of Timer J, so drop the parsed request and response
+        (a REGISTER flood keeps tens of thousands of transactions in this state)."""
+        last = self.last_response
+        if last is not None:
+            self.last_response = Response(last.status, last.reason)
+        self.request = Request(self.request.method, self.request.uri)
+
     def _resend_last(self) -> None:
         if self._last_data:
             self._host.transmit(self._last_data, self.destination)

@@ -40,6 +40,7 @@ class ServerNonInviteTransaction(ServerTransaction):
             self.state = State.COMPLETED
             self._cancel_timer()
             self._linger(self._host.timers.timer_j(self.reliable))
+            self._release()
 
     def receive_request(self, request: Request) -> None:
         # Trying has nothing to resend yet; Proceeding and Completed resend the last response.
