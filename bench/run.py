@@ -364,7 +364,8 @@ def many_registrations_phase(
     }
 
 
-def bench_sipswitch(plan: Plan, workdir: Path) -> dict[str, Any]:
+def bench_sipswitch(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
+    """Fills ``out`` phase by phase, so a failure keeps what was measured before it."""
     reg_users = {f"3{i:04d}": f"pw3{i:04d}" for i in range(REG_USERS)}
     many_users = {f"4{i:04d}": f"pw4{i:04d}" for i in range(MANY_USERS)}
     contacts_per_user = -(-plan.registrations // MANY_USERS)
@@ -379,7 +380,7 @@ def bench_sipswitch(plan: Plan, workdir: Path) -> dict[str, Any]:
     bulk_add_users(server, reg_users | many_users)
     server.start()
     pid = server.pid or 0
-    out: dict[str, Any] = {"pid": pid}
+    out["pid"] = pid
     try:
         cpu0 = tree_cpu_seconds(pid)
         log("authenticated REGISTER/s")
@@ -415,7 +416,6 @@ def bench_sipswitch(plan: Plan, workdir: Path) -> dict[str, Any]:
         out["memory_end"] = memory_mb(pid)
     finally:
         out["exit_code"] = server.stop(check=False)
-    return out
 
 
 # ---------------------------------------------------------------- Kamailio
@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     code = 0
     try:
-        report["sipswitch"] = bench_sipswitch(plan, workdir)
+        report["sipswitch"] = {}
+        bench_sipswitch(plan, workdir, report["sipswitch"])
         if not args.skip_kamailio:
             report["kamailio"] = bench_kamailio(plan, workdir)
             kam_best = report["kamailio"].get("best_rate")
