@@ -278,7 +278,7 @@ class Call:
         reply.headers.add("Allow", ALLOW_HEADER)
         inbound.txn.respond(reply)
         self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
-        log.info("call answered %s by %s", self.call_id, leg.binding.contact_uri)
+        log.debug("call answered %s by %s", self.call_id, leg.binding.contact_uri)
 
     def _ack_and_bye(self, leg: OutboundLeg, dialog: Dialog, response: Response) -> None:
         host, port = self.core.local_address(dialog.peer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Callable
@@ -133,6 +134,10 @@ async def serve(settings: Settings) -> int:
         log.error("cannot start: %s", exc)
         await server.stop()
         return 1
+    # Everything allocated at start-up lives for the whole run: keep it out of the collector's
+    # scans, and collect young objects less often (fewer pauses under load).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
