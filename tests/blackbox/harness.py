@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -94,6 +95,7 @@ class SipswitchServer:
         users: Mapping[str, str] | None = None,
         ring_timeout: float = 30.0,
         max_contacts: int = 3,
+        auth_algorithms: list[str] | None = None,
         extra_config: str = "",
         name: str = "sipswitch",
     ) -> None:
@@ -107,6 +109,7 @@ class SipswitchServer:
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
         self.ring_timeout = ring_timeout
         self.max_contacts = max_contacts
+        self.auth_algorithms = auth_algorithms
         self.extra_config = extra_config
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
@@ -133,7 +136,12 @@ class SipswitchServer:
             f"tcp_port = {self.port}\n"
             'domain = ""\n'
             'realm = "sipswitch"\n'
-            "\n[registrar]\n"
+            + (
+                f"auth_algorithms = {json.dumps(self.auth_algorithms)}\n"
+                if self.auth_algorithms
+                else ""
+            )
+            + "\n[registrar]\n"
             "min_expires = 60\n"
             "max_expires = 3600\n"
             f"max_contacts = {self.max_contacts}\n"

@@ -31,7 +31,9 @@ def phones() -> Iterator[list[Baresip]]:
 def test_two_baresip_phones_call_each_other(
     sipswitch_server: ServerFactory, phones: list[Baresip], tmp_path: Path, transport: str
 ) -> None:
-    server = sipswitch_server()
+    # baresip 1.0 (libre) gives up on REGISTER when any challenge offers SHA-256, so this
+    # server is set up as a site with such phones would be: MD5 challenges only.
+    server = sipswitch_server(auth_algorithms=["MD5"])
     tone = write_tone_wav(tmp_path / "tone.wav", seconds=60)
     caller = Baresip(
         tmp_path,
