@@ -74,10 +74,15 @@ def parse_params(text: str) -> dict[str, str | None]:
                 raise SipError("Header parameter without a value")
             if value[0] == '"' and (len(value) < 2 or value[-1] != '"'):
                 raise SipError("Unterminated quoted parameter")
-        if not is_token(name):
+        if name not in _COMMON_PARAMS and not is_token(name):
             raise SipError("Malformed header parameter")
         params[name.lower()] = value
     return params
+
+
+_COMMON_PARAMS = frozenset(
+    ("tag", "branch", "rport", "received", "transport", "lr", "expires", "q", "maddr", "user")
+)
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:

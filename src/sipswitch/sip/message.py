@@ -62,13 +62,27 @@ LIST_HEADERS = frozenset(
 )
 
 
+# Every spelling seen so far (bounded: names are chosen by peers) -> (key, spelling to write).
+_KEYS: dict[str, tuple[str, str]] = {}
+_MAX_KEYS = 4096
+
+
 def header_key(name: str) -> tuple[str, str]:
     """Return (lookup key, spelling to write) for a header name as found on the wire."""
+    known = _KEYS.get(name)
+    if known is not None:
+        return known
     lowered = name.lower()
     canonical = CANONICAL.get(lowered)
-    if canonical is None:
-        return lowered, name
-    return canonical.lower(), canonical
+    result = (lowered, name) if canonical is None else (canonical.lower(), canonical)
+    if len(_KEYS) < _MAX_KEYS:
+        _KEYS[name] = result
+    return result
+
+
+def known_header_name(name: str) -> bool:
+    """True for a name already seen and validated as a token (skips the check on hot paths)."""
+    return name in _KEYS
 
 
 class Headers:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .errors import SipError
 from .headers import is_token
-from .message import Headers, Message, Request, Response, header_key
+from .message import Headers, Message, Request, Response, header_key, known_header_name
 from .uri import parse_uri
 
 MAX_MESSAGE_SIZE = 65535
@@ -25,9 +25,7 @@ class MessageError(SipError):
     a 400 can echo its Via, From, To, Call-ID and CSeq; ``None`` when nothing usable was read or
     the message was a response (responses are never answered)."""
 
-    def __init__(
-        self, reason: str, status: int = 400, partial: Message | None = None
-    ) -> None:
+    def __init__(self, reason: str, status: int = 400, partial: Message | None = None) -> None:
         super().__init__(reason, status)
         self.partial = partial
 
@@ -66,7 +64,7 @@ def _parse_head(head: bytes) -> Message:
         if colon <= 0:
             raise MessageError("Malformed header line", 400, _partial(start, items))
         name = line[:colon].rstrip(" \t")
-        if not is_token(name):
+        if not known_header_name(name) and not is_token(name):
             raise MessageError("Malformed header name", 400, _partial(start, items))
         key, spelled = header_key(name)
         items.append((key, spelled, line[colon + 1 :].strip(" \t")))
