@@ -109,9 +109,13 @@ class Phone:
                 return response
 
     async def request_with_auth(self, request: Request, proxy: bool) -> Response:
+        return (await self.send_with_auth(request, proxy))[0]
+
+    async def send_with_auth(self, request: Request, proxy: bool) -> tuple[Response, Request]:
+        """Send, answer a challenge once; returns the final response and the request it answers."""
         response = await self._send(request)
         if response.status not in (401, 407):
-            return response
+            return response, request
         header = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         challenge = choose_challenge(response.headers.get_all(header))
         assert challenge is not None, response.headers.get_all(header)
@@ -129,7 +133,7 @@ class Phone:
                 challenge, request.method, str(request.uri), self.number, self.password
             ),
         )
-        return await self._send(retry)
+        return await self._send(retry), retry
 
     async def register(self, expires: int = 600, contact: str | None = None) -> Response:
         request = self._base(
@@ -159,8 +163,7 @@ class Phone:
 
     async def call(self, number: str, body: bytes = SDP) -> tuple[Response, Dialog | None]:
         """Place a call; on 2xx send the ACK and return the dialog."""
-        request = self.invite(number, body)
-        response = await self.request_with_auth(request, proxy=True)
+        response, request = await self.send_with_auth(self.invite(number, body), proxy=True)
         dialog = None
         if 200 <= response.status < 300:
             dialog = Dialog.as_uac(request, response, self.server)

@@ -12,7 +12,6 @@ requests to their leg. Later features (limits, forwarding, IVR, trunks, media re
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..sip.clock import TimerHandle
@@ -26,6 +25,7 @@ from ..sip.uri import SipUri, format_host, parse_uri
 from ..store import Binding, CdrRecord, Extension
 from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore
+from .limits import CallLimits
 from .location import LocationService
 
 log = logging.getLogger("sipswitch.calls")
@@ -475,6 +475,7 @@ class Call:
     def _end(self, hangup_side: str) -> None:
         now = self.core.clock.wall()
         self.manager.forget(self)
+        self.manager.limits.release(self)
         answered = self.answer_time is not None
         disposition = _disposition(self.final_status, answered)
         billable = int(round(now - self.answer_time)) if self.answer_time is not None else 0
@@ -529,7 +530,7 @@ class CallManager:
         self.calls: set[Call] = set()
         self._dialogs: dict[tuple[str, str], InboundLeg | OutboundLeg] = {}
         self._dialog_keys: dict[int, list[tuple[str, str]]] = {}
-        self.admission_hooks: list[Callable[[Call], int | None]] = []
+        self.limits = CallLimits()
 
     # --- dialog table ---
     def register_dialog(self, dialog: Dialog, leg: InboundLeg | OutboundLeg) -> None:
@@ -603,6 +604,10 @@ class CallManager:
             if txn.cancelled and txn.last_response is None:
                 core.respond(txn, 487)
             return
+        refusal = self.limits.check_caller(caller_ext)
+        if refusal is not None:
+            core.respond(txn, refusal.status, refusal.reason)
+            return
         uri = request.uri
         assert isinstance(uri, SipUri)
         number = uri.user_unescaped
@@ -624,11 +629,17 @@ class CallManager:
             _party(caller_ext, request.from_.display_text),
             _party(callee_ext, ""),
         )
-        for hook in self.admission_hooks:
-            status = hook(call)
-            if status is not None:
-                core.respond(txn, status)
-                return
+        refusal = self.limits.admit(call, caller_ext, callee_ext)
+        if refusal is not None:
+            log.info(
+                "call refused %s: %s -> %s: %s",
+                request.call_id,
+                caller_ext.number,
+                callee_ext.number,
+                refusal.reason,
+            )
+            core.respond(txn, refusal.status, refusal.reason)
+            return
         self.calls.add(call)
         call.start(bindings, (70 if max_forwards is None else max_forwards) - 1)
 

@@ -74,6 +74,15 @@ def validate_limit(value: int | None, what: str) -> int | None:
     return value
 
 
+def validate_limit_pair(max_calls: int | None, max_outgoing_calls: int | None) -> None:
+    """Outgoing calls are a share of all calls: the outgoing limit cannot be the larger one."""
+    if max_calls is not None and max_outgoing_calls is not None and max_outgoing_calls > max_calls:
+        raise InvalidExtension(
+            f"max outgoing calls ({max_outgoing_calls}) cannot exceed max concurrent calls "
+            f"({max_calls}): outgoing calls count toward the concurrent limit"
+        )
+
+
 def _hashes(number: str, realm: str, password: str) -> dict[str, str]:
     return {
         "ha1_md5": compute_ha1(number, realm, password, "MD5"),
@@ -202,6 +211,10 @@ class ExtensionStore:
                 raise InvalidExtension(
                     "changing the realm needs the password: the stored digests depend on it"
                 )
+            validate_limit_pair(
+                values.get("max_calls", row.max_calls),
+                values.get("max_outgoing_calls", row.max_outgoing_calls),
+            )
             if values:
                 await conn.execute(update(table).where(table.c.number == number).values(values))
                 row = (await conn.execute(select(table).where(table.c.number == number))).one()
@@ -239,6 +252,7 @@ async def add_extension(
         "created_at": time.time(),
         **_hashes(number, realm, validate_password(password)),
     }
+    validate_limit_pair(values["max_calls"], values["max_outgoing_calls"])
     table = schema.extensions
     # A savepoint keeps a duplicate from aborting the caller's whole transaction on PostgreSQL.
     try:
