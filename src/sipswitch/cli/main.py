@@ -23,6 +23,7 @@ from sipswitch.store import (
     generate_password,
     validate_number,
 )
+from sipswitch.store.extensions import FORWARD_KINDS
 
 DEFAULT_CONFIG = Path("sipswitch.toml")
 PROG = "sipswitch"
@@ -31,6 +32,10 @@ _T = TypeVar("_T")
 
 class CommandError(Exception):
     """A command failed in a way the user can fix; printed without a traceback."""
+
+
+def _optional_text(text: str) -> str | None:
+    return None if text.lower() in ("none", "off", "-") else text
 
 
 def _limit(text: str) -> int | None:
@@ -108,6 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     switch = change.add_mutually_exclusive_group()
     switch.add_argument("--enable", dest="enabled", action="store_const", const=True)
     switch.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    for kind in FORWARD_KINDS:
+        change.add_argument(
+            f"--forward-{kind.replace('_', '-')}",
+            dest=f"forward_{kind}",
+            type=_optional_text,
+            default=argparse.SUPPRESS,
+            metavar="NUMBER|none",
+            help="forward calls " + ("always" if kind == "always" else kind.replace("_", " ")),
+        )
+    change.add_argument(
+        "--no-answer-timeout",
+        dest="no_answer_timeout",
+        type=_limit,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS|none",
+        help="ring this long before forwarding on no answer",
+    )
+    change.add_argument(
+        "--max-duration",
+        dest="max_call_duration",
+        type=_limit,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS|none",
+        help="end calls of this extension after this long",
+    )
     change.set_defaults(handler=_ext_set, enabled=None)
 
     remove = ext_commands.add_parser("remove", parents=[common], help="delete an extension")
@@ -285,10 +315,17 @@ def _ext_set(args: argparse.Namespace) -> int:
         changes["max_outgoing_calls"] = args.max_outgoing
     if args.enabled is not None:
         changes["enabled"] = args.enabled
+    for feature in (
+        *(f"forward_{k}" for k in FORWARD_KINDS),
+        "no_answer_timeout",
+        "max_call_duration",
+    ):
+        if hasattr(args, feature):
+            changes[feature] = getattr(args, feature)
     if not changes:
         raise CommandError(
             "nothing to change: give --password, --name, --max-calls, --max-outgoing, "
-            "--enable or --disable"
+            "--forward-..., --no-answer-timeout, --max-duration, --enable or --disable"
         )
 
     async def work(db: Database) -> Extension:

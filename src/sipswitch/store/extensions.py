@@ -35,6 +35,17 @@ class Extension:
     max_calls: int | None
     max_outgoing_calls: int | None
     enabled: bool
+    forward_always: str | None = None
+    forward_busy: str | None = None
+    forward_no_answer: str | None = None
+    forward_unreachable: str | None = None
+    no_answer_timeout: int | None = None
+    max_call_duration: int | None = None
+    voicemail: bool = False
+    voicemail_pin: str | None = None
+
+
+FORWARD_KINDS = ("always", "busy", "no_answer", "unreachable")
 
 
 def validate_number(number: str) -> str:
@@ -90,8 +101,69 @@ def _hashes(number: str, realm: str, password: str) -> dict[str, str]:
     }
 
 
+def validate_forward(target: str | None) -> str | None:
+    """A forwarding target is a number (extension, group, or anything the dial plan routes)."""
+    if target is None:
+        return None
+    if not _FORWARD_TARGET.fullmatch(target):
+        raise InvalidExtension(f"forwarding target {target!r} must be 1 to 32 digits, * or #")
+    return target
+
+
+def validate_seconds(value: int | None, what: str, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidExtension(f"{what} must be {low} to {high} seconds, or none")
+    return value
+
+
+def validate_pin(pin: str | None) -> str | None:
+    if pin is None:
+        return None
+    if not (pin.isdigit() and pin.isascii() and 4 <= len(pin) <= 16):
+        raise InvalidExtension("a voicemail PIN is 4 to 16 digits")
+    return pin
+
+
+_FORWARD_TARGET = re.compile(r"[0-9*#+]{1,32}")
+
+
+def _feature_values(features: dict[str, Any]) -> dict[str, Any]:
+    """Validate call-feature changes given to ``ExtensionStore.set``."""
+    values: dict[str, Any] = {}
+    for kind in FORWARD_KINDS:
+        key = f"forward_{kind}"
+        if key in features:
+            values[key] = validate_forward(features[key])
+    if "no_answer_timeout" in features:
+        values["no_answer_timeout"] = validate_seconds(
+            features["no_answer_timeout"], "no-answer timeout", 5, 600
+        )
+    if "max_call_duration" in features:
+        values["max_call_duration"] = validate_seconds(
+            features["max_call_duration"], "max call duration", 10, 7 * 86400
+        )
+    if "voicemail" in features:
+        values["voicemail"] = bool(features["voicemail"])
+    if "voicemail_pin" in features:
+        values["voicemail_pin"] = validate_pin(features["voicemail_pin"])
+    unknown = set(features) - set(values)
+    if unknown:
+        raise InvalidExtension(f"unknown extension settings: {', '.join(sorted(unknown))}")
+    return values
+
+
 def _from_row(row: Row[Any]) -> Extension:
     return Extension(
+        forward_always=row.forward_always,
+        forward_busy=row.forward_busy,
+        forward_no_answer=row.forward_no_answer,
+        forward_unreachable=row.forward_unreachable,
+        no_answer_timeout=row.no_answer_timeout,
+        max_call_duration=row.max_call_duration,
+        voicemail=bool(row.voicemail),
+        voicemail_pin=row.voicemail_pin,
         number=row.number,
         display_name=row.display_name,
         realm=row.realm,
@@ -182,10 +254,14 @@ class ExtensionStore:
         max_calls: int | None | EllipsisType = ...,
         max_outgoing_calls: int | None | EllipsisType = ...,
         enabled: bool | None = None,
+        **features: Any,
     ) -> Extension:
         """Change the given fields; ``...`` (or None where None has no meaning) keeps a field.
 
-        The HA1s depend on the realm, so a new realm needs the password too.
+        The HA1s depend on the realm, so a new realm needs the password too. ``features`` sets
+        call features: ``forward_always``, ``forward_busy``, ``forward_no_answer``,
+        ``forward_unreachable`` (a number, None clears), ``no_answer_timeout`` and
+        ``max_call_duration`` (seconds, None clears), ``voicemail`` and ``voicemail_pin``.
         """
         values: dict[str, Any] = {}
         if display_name is not None:
@@ -196,6 +272,7 @@ class ExtensionStore:
             values["max_outgoing_calls"] = validate_limit(max_outgoing_calls, "max_outgoing_calls")
         if enabled is not None:
             values["enabled"] = bool(enabled)
+        values.update(_feature_values(features))
         if password is not None:
             validate_password(password)
         table = schema.extensions

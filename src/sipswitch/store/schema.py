@@ -14,6 +14,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 NUMBER_LENGTH = 32
@@ -34,6 +35,15 @@ extensions = Table(
     Column("max_outgoing_calls", Integer, nullable=True),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
+    # Call features (migration 0002).
+    Column("forward_always", String(NUMBER_LENGTH), nullable=True),
+    Column("forward_busy", String(NUMBER_LENGTH), nullable=True),
+    Column("forward_no_answer", String(NUMBER_LENGTH), nullable=True),
+    Column("forward_unreachable", String(NUMBER_LENGTH), nullable=True),
+    Column("no_answer_timeout", Integer, nullable=True),
+    Column("max_call_duration", Integer, nullable=True),
+    Column("voicemail_pin", String(16), nullable=True),
+    Column("voicemail", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 bindings = Table(
