@@ -176,6 +176,100 @@ class LogSettings(Section):
         return value.lower()
 
 
+class TlsSettings(Section):
+    """SIP over TLS; present only when the file has a ``[tls]`` table."""
+
+    port: Port = 5061
+    # Relative paths are inside the data directory (``sipswitch tls selfsigned`` writes there).
+    cert: str = "tls/cert.pem"
+    key: str = "tls/key.pem"
+    chain: str = ""  # intermediate certificates, when not already after the cert in ``cert``
+    # CA certificates trusted when sipswitch connects to other servers over TLS; empty: the
+    # system's store.
+    ca_file: str = ""
+    handshake_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_connections_per_source: Annotated[int, Field(ge=1, le=100_000)] = 32
+
+    @field_validator("cert", "key", "chain", "ca_file")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if not value and info.field_name in ("cert", "key"):
+            raise ValueError("a file path is needed")
+        if _CONTROL.search(value) or len(value) > 4096:
+            raise ValueError("not a usable file path")
+        return value
+
+    def path(self, value: str, data_dir: Path) -> Path | None:
+        """``value`` (one of the path settings) resolved against the data directory."""
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else data_dir / path
+
+
+class SecuritySettings(Section):
+    """Brute-force bans, per-source rate limits, overload answers and scanner filtering."""
+
+    ban_failures: Annotated[int, Field(ge=1, le=10_000)] = 5
+    ban_window: Seconds = 60
+    ban_time: Seconds = 300
+    # Sources never banned or rate limited (trunks, office NAT addresses): CIDRs or addresses.
+    # Loopback is in by default: local tools and test drivers, never reachable from outside.
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1"])
+    # Requests per second one source address may send (sustained) and in a burst; 0: no limit.
+    rate_limit: Annotated[int, Field(ge=0, le=1_000_000)] = 50
+    rate_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    # New requests in progress at once above which new ones get 503 with Retry-After.
+    overload_pending: Annotated[int, Field(ge=1, le=10_000_000)] = 5000
+    overload_retry_after: Annotated[int, Field(ge=1, le=3600)] = 5
+    drop_scanners: bool = True
+    # Case-insensitive parts of User-Agent values that scanning tools send.
+    scanner_user_agents: list[str] = Field(
+        default_factory=lambda: [
+            "friendly-scanner",
+            "sipvicious",
+            "sipcli",
+            "sip-scan",
+            "sundayddr",
+            "iwar",
+            "sivus",
+            "smap",
+            "vaxsipuseragent",
+            "vaxipuseragent",
+            "friendly-request",
+            "pplsip",
+        ]
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        if len(value) > 1024:
+            raise ValueError("at most 1024 entries")
+        out: list[str] = []
+        for item in value:
+            try:
+                network = ipaddress.ip_network(item.strip().strip("[]"), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+            out.append(str(network))
+        return out
+
+    @field_validator("scanner_user_agents")
+    @classmethod
+    def _agents(cls, value: list[str]) -> list[str]:
+        if len(value) > 256:
+            raise ValueError("at most 256 entries")
+        out: list[str] = []
+        for item in value:
+            item = item.strip().lower()
+            if not item or len(item) > 128 or _CONTROL.search(item):
+                raise ValueError(f"{item!r}: 1 to 128 characters, no control characters")
+            out.append(item)
+        return out
+
+
 class Settings(Section):
     """All server settings. ``data_dir`` comes from ``--data``, the file, or ``./data``."""
 
@@ -185,6 +279,8 @@ class Settings(Section):
     calls: CallSettings = Field(default_factory=CallSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    tls: TlsSettings | None = None  # no [tls] table: TLS is off
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @property
     def database_url(self) -> str:
