@@ -52,10 +52,11 @@ class Lab:
         self.output: list[str] = []
         self._next_port = 7000
         self.ring_timeout = 30.0
+        self.extra_config = ""
 
     async def start_server(self, extensions: tuple[str, ...] = ("200", "201", "202")) -> SipServer:
         config = self.tmp_path / "sipswitch.toml"
-        config.write_text(f"[calls]\nring_timeout = {self.ring_timeout}\n")
+        config.write_text(f"{self.extra_config}\n[calls]\nring_timeout = {self.ring_timeout}\n")
         settings = load_settings(config, self.tmp_path / "data")
         server = SipServer(
             settings,

@@ -74,6 +74,7 @@ class Phone:
         self.calls: dict[str, IncomingCall] = {}
         self._cseq = 1
         self.sent: list[ClientTransaction] = []
+        self.statuses: list[int] = []  # every response status received, in order
         self._call_id = new_call_id(address.host)
         self._tag = new_tag()
 
@@ -105,6 +106,7 @@ class Phone:
         self.sent.append(self.layer.send_request(request, self.server, collector))
         while True:
             response = await asyncio.wait_for(collector.responses.get(), timeout)
+            self.statuses.append(response.status)
             if response.status >= 200:
                 return response
 

@@ -69,6 +69,7 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
     """Return the first line (1-based) of every table header and key path in ``text``."""
     lines: dict[tuple[str, ...], int] = {}
     table: tuple[str, ...] = ()
+    arrays: dict[tuple[str, ...], int] = {}
     depth = 0
     open_string: str | None = None
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -87,11 +88,16 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
         if not line or line.startswith("#"):
             continue
         if line.startswith("["):
-            start = 2 if line.startswith("[[") else 1
-            parsed = _parse_key(line, start)
+            array = line.startswith("[[")
+            parsed = _parse_key(line, 2 if array else 1)
             if parsed is not None:
                 table = parsed[0]
                 lines.setdefault(table, number)
+                if array:  # [[name]]: the n-th table of the array is ("name", "n")
+                    index = arrays.get(table, 0)
+                    arrays[table] = index + 1
+                    table = (*table, str(index))
+                    lines.setdefault(table, number)
             continue
         parsed = _parse_key(line, 0)
         if parsed is None:
@@ -104,8 +110,9 @@ def key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 def locate(lines: dict[tuple[str, ...], int], path: tuple[str | int, ...]) -> int:
-    """Line of the longest written prefix of ``path`` (list indexes ignored); 1 if none."""
-    keys = tuple(part for part in path if isinstance(part, str))
+    """Line of the longest written prefix of ``path``; 1 if none. List indexes match the
+    tables of an array of tables (``[[name]]``) and otherwise fall back to the list's key."""
+    keys = tuple(str(part) for part in path)
     for length in range(len(keys), 0, -1):
         found = lines.get(keys[:length])
         if found is not None:

@@ -11,9 +11,14 @@ requests to their leg. Later features (limits, forwarding, IVR, trunks, media re
 
 from __future__ import annotations
 
+import enum
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from ..config.routing import GroupSettings
 from ..sip.clock import TimerHandle
 from ..sip.dialog import Dialog, new_call_id
 from ..sip.errors import SipError
@@ -22,11 +27,12 @@ from ..sip.message import Headers, Request, Response
 from ..sip.transaction import ClientTransaction, ServerTransaction, new_branch, new_tag
 from ..sip.transport.base import Address
 from ..sip.uri import SipUri, format_host, parse_uri
-from ..store import Binding, CdrRecord, Extension
+from ..store import Binding, CdrRecord, Extension, ExtensionStore
 from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore
 from .limits import CallLimits
 from .location import LocationService
+from .routing import Destination, Reject, Router, ToExtension, ToGroup, ToTrunk
 
 log = logging.getLogger("sipswitch.calls")
 
@@ -34,6 +40,8 @@ log = logging.getLogger("sipswitch.calls")
 _BODY_HEADERS = ("Content-Type", "Content-Disposition", "Content-Encoding")
 _RELAYED_REQUEST_HEADERS = ("Event", "Subscription-State", "Info-Package", "Subject")
 _MEDIA_TYPES = ("application/sdp", "multipart/mixed")
+_FEATURE_CODE = re.compile(r"\*(9[0-3])(?:\*([0-9]{1,32}))?#?")
+_FEATURE_KINDS = {"93": "always", "90": "busy", "92": "no_answer", "91": "unreachable"}
 
 
 @dataclass(slots=True)
@@ -62,11 +70,21 @@ class InboundLeg:
 class OutboundLeg:
     """One contact of the callee: sipswitch calls it as a UAC."""
 
-    def __init__(self, call: Call, binding: Binding, destination: Address, request: Request):
+    def __init__(
+        self,
+        call: Call,
+        binding: Binding,
+        destination: Address,
+        request: Request,
+        attempt: Attempt,
+        number: str,
+    ) -> None:
         self.call = call
         self.binding = binding
         self.destination = destination
         self.request = request
+        self.attempt = attempt
+        self.number = number  # the extension this contact belongs to
         self.txn: ClientTransaction | None = None
         self.dialog: Dialog | None = None
         self.final_status: int | None = None
@@ -117,8 +135,79 @@ class _IgnoreResponses:
 _IGNORE = _IgnoreResponses()
 
 
+class Outcome(enum.Enum):
+    """How an attempt to reach a destination ended (the IVR's monitor events use the same)."""
+
+    ANSWERED = "answered"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    UNREACHABLE = "unreachable"
+    REJECT = "reject"
+    FAILURE = "failure"
+
+
+# The status the caller gets when an outcome ends the call.
+OUTCOME_STATUS = {
+    Outcome.BUSY: 486,
+    Outcome.NO_ANSWER: 408,
+    Outcome.UNREACHABLE: 480,
+    Outcome.REJECT: 603,
+}
+
+
+class Attempt:
+    """Contacts rung at the same time, with one ring timeout; ``done`` gets the outcome."""
+
+    def __init__(
+        self,
+        call: Call,
+        members: list[str],
+        done: Callable[[Outcome, int], None],
+    ) -> None:
+        self.call = call
+        self.members = members
+        self.done = done
+        self.forks: list[OutboundLeg] = []
+        self.failures: list[int] = []
+        self.rang = False
+        self.timer: TimerHandle | None = None
+        self.over = False
+
+    def finish(self, outcome: Outcome, status: int) -> None:
+        if self.over:
+            return
+        self.over = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if outcome is not Outcome.ANSWERED:
+            for number in self.members:
+                self.call.manager.limits.leave(self.call, number)
+        self.done(outcome, status)
+
+    def cancel_forks(self, keep: OutboundLeg | None = None) -> None:
+        for leg in self.forks:
+            if leg is not keep and leg.txn is not None and leg.final_status is None:
+                leg.txn.cancel()
+                leg.final_status = 487
+
+    def classify(self) -> tuple[Outcome, int]:
+        statuses = self.failures
+        if any(s in (486, 600) for s in statuses):
+            return Outcome.BUSY, 486
+        if any(s in (603, 403) for s in statuses):
+            return Outcome.REJECT, 603
+        if all(s in (408, 503) for s in statuses) and not self.rang:
+            return Outcome.UNREACHABLE, 480
+        if self.rang and all(s in (408, 480) for s in statuses):
+            return Outcome.NO_ANSWER, 480
+        # Never pass a callee's authentication demand to the caller.
+        usable = [s for s in statuses if s not in (401, 407, 408, 503)]
+        return Outcome.FAILURE, min(usable) if usable else 480
+
+
 class Call:
-    """One call attempt from an extension to an extension."""
+    """One call from an extension to a destination: an extension, a group, forwarded on."""
 
     def __init__(
         self,
@@ -127,20 +216,23 @@ class Call:
         source: Address,
         caller: CallParty,
         callee: CallParty,
+        caller_extension: Extension | None = None,
     ) -> None:
         self.manager = manager
         self.core = manager.core
         self.caller = caller
         self.callee = callee
+        self.caller_extension = caller_extension
         self.inbound = InboundLeg(self, txn, source)
         self.forks: list[OutboundLeg] = []
+        self.attempt: Attempt | None = None
         self.answered: OutboundLeg | None = None
         self.state = "ringing"
         self.started = self.core.clock.wall()
         self.answer_time: float | None = None
         self.final_status = 0
-        self.ring_timer: TimerHandle | None = None
-        self.failures: list[int] = []
+        self.max_forwards = 69
+        self.duration_timer: TimerHandle | None = None
         # CSeq of the last INVITE relayed to the callee/caller, for relaying its ACK.
         self.pending_ack_cseq: dict[int, int] = {}
         txn.on_cancel = self.on_caller_cancel
@@ -150,35 +242,178 @@ class Call:
     def call_id(self) -> str:
         return self.inbound.txn.request.call_id
 
-    # --- setup ---
-    def start(self, bindings: list[Binding], max_forwards: int) -> None:
-        log.info(
-            "call start %s: %s -> %s (%d contacts)",
-            self.call_id,
-            self.caller.number,
-            self.callee.number,
-            len(bindings),
-        )
+    # --- routing ---
+    def start(self, destination: Destination, max_forwards: int) -> None:
+        log.info("call start %s: %s -> %s", self.call_id, self.caller.number, self.callee.number)
+        self.max_forwards = max_forwards
         self.core.respond(self.inbound.txn, 100)
-        for binding in bindings:
+        self.route(destination, (), 404)
+
+    def route(self, destination: Destination, chain: tuple[str, ...], fallback: int) -> None:
+        """Go on to ``destination``; ``chain`` holds the extensions already tried (forwarding
+        loops stop there, ending with ``fallback``)."""
+        if self.state != "ringing":
+            return
+        match destination:
+            case ToExtension(extension):
+                self.ring_extension(extension, chain, fallback)
+            case ToGroup(group):
+                self.ring_group(group, chain)
+            case Reject(status, reason):
+                self.finish_unanswered(status, reason=reason)
+            case ToTrunk():
+                self.finish_unanswered(503, reason="No trunk is configured")
+
+    def ring_extension(self, extension: Extension, chain: tuple[str, ...], fallback: int) -> None:
+        number = extension.number
+        if number in chain:
+            log.info("call %s: forwarding loop back to %s stops", self.call_id, number)
+            self.finish_unanswered(fallback)
+            return
+        chain = (*chain, number)
+        if extension.forward_always:
+            self.forward(extension.forward_always, chain, fallback)
+            return
+        if self.manager.limits.check_callee(extension) is not None:
+            self.after_extension(extension, chain, Outcome.BUSY, 486)
+            return
+        bindings = self.manager.location.lookup(number)
+        if not bindings:
+            self.after_extension(extension, chain, Outcome.UNREACHABLE, 480)
+            return
+        timeout = self.core.settings.calls.ring_timeout
+        if extension.forward_no_answer and extension.no_answer_timeout:
+            timeout = extension.no_answer_timeout
+        self.ring(
+            [(number, b) for b in bindings],
+            timeout,
+            lambda outcome, status: self.after_extension(extension, chain, outcome, status),
+        )
+
+    def after_extension(
+        self, extension: Extension, chain: tuple[str, ...], outcome: Outcome, status: int
+    ) -> None:
+        if outcome is Outcome.ANSWERED:
+            return
+        target = {
+            Outcome.BUSY: extension.forward_busy,
+            Outcome.NO_ANSWER: extension.forward_no_answer,
+            Outcome.UNREACHABLE: extension.forward_unreachable,
+        }.get(outcome)
+        if target:
+            self.forward(target, chain, OUTCOME_STATUS.get(outcome, status))
+        else:
+            self.finish_unanswered(OUTCOME_STATUS.get(outcome, status))
+
+    def forward(self, number: str, chain: tuple[str, ...], fallback: int) -> None:
+        """Tell the caller (181) and route ``number`` as if dialled (lists apply no more)."""
+        txn = self.inbound.txn
+        if txn.last_response is None or txn.last_response.status < 200:
+            self.inbound.ensure_dialog()
+            self.core.respond(txn, 181, to_tag=self.inbound.tag)
+        log.info("call %s forwarded to %s", self.call_id, number)
+        self.route(self.manager.router.resolve(number).destination, chain, fallback)
+
+    def ring_group(self, group: GroupSettings, chain: tuple[str, ...]) -> None:
+        members = [
+            m
+            for m in (self.manager.directory.lookup(n) for n in group.members)
+            if m is not None and m.enabled and m.number not in chain
+        ]
+
+        def overflow(outcome: Outcome, status: int) -> None:
+            if outcome is Outcome.ANSWERED:
+                return
+            if group.overflow:
+                self.forward(group.overflow, (*chain, group.number), status)
+            else:
+                self.finish_unanswered(OUTCOME_STATUS.get(outcome, status))
+
+        if group.strategy == "ring":
+            targets = [
+                (m.number, b)
+                for m in members
+                if self.manager.limits.check_callee(m) is None
+                for b in self.manager.location.lookup(m.number)
+            ]
+            if not targets:
+                busy = any(self.manager.limits.check_callee(m) is not None for m in members)
+                overflow(Outcome.BUSY if busy else Outcome.UNREACHABLE, 480)
+                return
+            self.ring(targets, group.ring_timeout, overflow)
+            return
+        start = 0
+        if group.strategy == "circular" and members:
+            start = self.manager.next_hunt_position(group.number) % len(members)
+        order = members[start:] + members[:start]
+        self._hunt(group, order, 0, [], overflow)
+
+    def _hunt(
+        self,
+        group: GroupSettings,
+        order: list[Extension],
+        index: int,
+        outcomes: list[Outcome],
+        overflow: Callable[[Outcome, int], None],
+    ) -> None:
+        while index < len(order):
+            member = order[index]
+            bindings = self.manager.location.lookup(member.number)
+            if self.manager.limits.check_callee(member) is not None:
+                outcomes.append(Outcome.BUSY)
+            elif not bindings:
+                outcomes.append(Outcome.UNREACHABLE)
+            else:
+
+                def next_member(outcome: Outcome, status: int, position: int = index) -> None:
+                    if outcome is Outcome.ANSWERED:
+                        if group.strategy == "circular":
+                            answered = group.members.index(order[position].number)
+                            self.manager.hunt_answered(group.number, answered)
+                        return
+                    outcomes.append(outcome)
+                    self._hunt(group, order, position + 1, outcomes, overflow)
+
+                self.ring([(member.number, b) for b in bindings], group.ring_timeout, next_member)
+                return
+            index += 1
+        final = (
+            Outcome.BUSY
+            if outcomes and all(o is Outcome.BUSY for o in outcomes)
+            else (Outcome.NO_ANSWER if Outcome.NO_ANSWER in outcomes else Outcome.UNREACHABLE)
+        )
+        overflow(final, OUTCOME_STATUS[final])
+
+    def ring(
+        self,
+        targets: list[tuple[str, Binding]],
+        timeout: float,
+        done: Callable[[Outcome, int], None],
+    ) -> None:
+        """Ring every (extension number, binding) at once; ``done`` hears how it ended."""
+        members = sorted({number for number, _ in targets})
+        for number in members:
+            self.manager.limits.join(self, number)
+        attempt = Attempt(self, members, done)
+        self.attempt = attempt
+        for number, binding in targets:
             destination = Address(binding.transport, binding.source_host, binding.source_port)
             try:
-                request = self._fork_request(binding, destination, max_forwards)
+                request = self._fork_request(number, binding, destination)
             except SipError as exc:
                 log.warning("cannot call contact %s: %s", binding.contact_uri, exc.reason)
                 continue
-            leg = OutboundLeg(self, binding, destination, request)
+            leg = OutboundLeg(self, binding, destination, request, attempt, number)
+            attempt.forks.append(leg)
             self.forks.append(leg)
-        if not self.forks:
-            self.finish_unanswered(480)
+        if not attempt.forks:
+            attempt.finish(Outcome.UNREACHABLE, 480)
             return
-        for leg in list(self.forks):
+        attempt.timer = self.core.clock.call_later(timeout, self.on_ring_timeout, attempt)
+        for leg in attempt.forks:
             leg.txn = self.core.transactions.send_request(leg.request, leg.destination, leg)
-        self.ring_timer = self.core.clock.call_later(
-            self.core.settings.calls.ring_timeout, self.on_ring_timeout
-        )
 
-    def _fork_request(self, binding: Binding, destination: Address, max_forwards: int) -> Request:
+    def _fork_request(self, number: str, binding: Binding, destination: Address) -> Request:
         core = self.core
         original = self.inbound.txn.request
         target = parse_uri(binding.contact_uri)
@@ -192,10 +427,10 @@ class Call:
             f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
             f";branch={new_branch()};rport",
         )
-        headers.add("Max-Forwards", str(max_forwards))
+        headers.add("Max-Forwards", str(self.max_forwards))
         display = f"{quote(self.caller.display)} " if self.caller.display else ""
         headers.add("From", f"{display}<sip:{self.caller.number}@{domain}>;tag={new_tag()}")
-        headers.add("To", f"<sip:{self.callee.number}@{domain}>")
+        headers.add("To", f"<sip:{number}@{domain}>")
         headers.add("Call-ID", new_call_id(host))
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", f"<{core.contact_uri(self.caller.number, destination)}>")
@@ -210,9 +445,11 @@ class Call:
     # --- responses from the callee's contacts ---
     def on_outbound_response(self, leg: OutboundLeg, response: Response) -> None:
         status = response.status
+        current = leg.attempt is self.attempt and not leg.attempt.over
         if status < 200:
-            if status == 100 or self.state != "ringing":
+            if status == 100 or self.state != "ringing" or not current:
                 return
+            leg.attempt.rang = True
             if response.to.tag and leg.dialog is None:
                 leg.dialog = Dialog.as_uac(leg.request, response, leg.destination)
             self._relay_provisional(response)
@@ -248,20 +485,23 @@ class Call:
                 )
             return
         dialog = Dialog.as_uac(leg.request, response, leg.destination)
-        if self.answered is not None or self.state != "ringing":
+        attempt = leg.attempt
+        if self.answered is not None or self.state != "ringing" or attempt is not self.attempt:
             # Another contact answered first (or the caller gave up): acknowledge and hang up.
-            self._ack_and_bye(leg, dialog, response)
+            self._ack_and_bye(leg, dialog)
             return
+        leg.final_status = response.status
         leg.dialog = dialog
         self.manager.register_dialog(dialog, leg)
         self.answered = leg
         self.state = "answered"
         self.answer_time = self.core.clock.wall()
         self.final_status = response.status
-        self._cancel_timer()
-        for other in self.forks:
-            if other is not leg and other.txn is not None and other.final_status is None:
-                other.txn.cancel()
+        for number in attempt.members:
+            if number != leg.number:
+                self.manager.limits.leave(self, number)
+        attempt.cancel_forks(keep=leg)
+        attempt.finish(Outcome.ANSWERED, response.status)
         inbound = self.inbound
         inbound.ensure_dialog()
         reply = self.core.build_response(
@@ -278,9 +518,27 @@ class Call:
         reply.headers.add("Allow", ALLOW_HEADER)
         inbound.txn.respond(reply)
         self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
+        self._limit_duration(leg.number)
         log.debug("call answered %s by %s", self.call_id, leg.binding.contact_uri)
 
-    def _ack_and_bye(self, leg: OutboundLeg, dialog: Dialog, response: Response) -> None:
+    def _limit_duration(self, answered_by: str) -> None:
+        limits = [
+            e.max_call_duration
+            for e in (self.caller_extension, self.manager.directory.lookup(answered_by))
+            if e is not None and e.max_call_duration
+        ]
+        if limits:
+            self.duration_timer = self.core.clock.call_later(
+                float(min(limits)), self.on_duration_reached
+            )
+
+    def on_duration_reached(self) -> None:
+        self.duration_timer = None
+        if self.state == "answered":
+            log.info("call %s reached its maximum duration", self.call_id)
+            self.hangup(None, "system")
+
+    def _ack_and_bye(self, leg: OutboundLeg, dialog: Dialog) -> None:
         host, port = self.core.local_address(dialog.peer)
         ack = dialog.create_request("ACK", host, port, cseq=leg.request.cseq.number)
         self.core.transactions.send_stateless(ack, dialog.peer)
@@ -291,62 +549,53 @@ class Call:
         if leg.final_status is not None:
             return
         leg.final_status = status
-        self.failures.append(status)
-        if self.state != "ringing":
+        attempt = leg.attempt
+        attempt.failures.append(status)
+        if attempt.over or attempt is not self.attempt or self.state != "ringing":
             return
-        if all(f.final_status is not None for f in self.forks):
-            self.finish_unanswered(self._best_failure())
-
-    def _best_failure(self) -> int:
-        statuses = self.failures
-        if any(s in (486, 600) for s in statuses):
-            return 486
-        if any(s == 603 for s in statuses):
-            return 603
-        # Never pass a callee's authentication demand to the caller.
-        usable = [s for s in statuses if s not in (401, 407, 408, 503)]
-        if usable:
-            return min(usable)
-        return 480
+        if all(f.final_status is not None for f in attempt.forks):
+            attempt.finish(*attempt.classify())
 
     # --- caller-side events ---
     def on_caller_cancel(self) -> None:
         if self.state != "ringing":
             return
-        self._cancel_forks()
+        self._stop_attempt()
         self.finish_unanswered(487, hangup_side="caller")
 
-    def on_ring_timeout(self) -> None:
-        self.ring_timer = None
-        if self.state != "ringing":
+    def on_ring_timeout(self, attempt: Attempt) -> None:
+        attempt.timer = None
+        if self.state != "ringing" or attempt is not self.attempt or attempt.over:
             return
-        self._cancel_forks()
-        self.finish_unanswered(408, hangup_side="system")
+        attempt.cancel_forks()
+        attempt.finish(Outcome.NO_ANSWER, 408)
 
     def on_no_ack(self) -> None:
         if self.state == "answered":
             log.warning("call %s: no ACK from the caller, hanging up", self.call_id)
             self.hangup(None, "system")
 
-    def _cancel_forks(self) -> None:
-        for leg in self.forks:
-            if leg.txn is not None and leg.final_status is None:
-                leg.txn.cancel()
-                leg.final_status = 487
+    def _stop_attempt(self) -> None:
+        attempt = self.attempt
+        if attempt is not None and not attempt.over:
+            attempt.cancel_forks()
+            attempt.over = True
+            if attempt.timer is not None:
+                attempt.timer.cancel()
+                attempt.timer = None
 
-    def _cancel_timer(self) -> None:
-        if self.ring_timer is not None:
-            self.ring_timer.cancel()
-            self.ring_timer = None
-
-    def finish_unanswered(self, status: int, hangup_side: str = "callee") -> None:
-        self._cancel_timer()
+    def finish_unanswered(
+        self, status: int, hangup_side: str = "callee", reason: str | None = None
+    ) -> None:
+        if self.state == "ended":
+            return
+        self._stop_attempt()
         self.state = "ended"
         self.final_status = status
         txn = self.inbound.txn
         if txn.last_response is None or txn.last_response.status < 200:
             self.inbound.ensure_dialog()
-            self.core.respond(txn, status, to_tag=self.inbound.tag)
+            self.core.respond(txn, status, reason, to_tag=self.inbound.tag)
         self._end(hangup_side)
 
     # --- established call ---
@@ -523,10 +772,21 @@ def _disposition(status: int, answered: bool) -> str:
 class CallManager:
     """Admits new calls between extensions and routes in-dialog requests to their legs."""
 
-    def __init__(self, core: PbxCore, location: LocationService, cdr: CdrRecorder) -> None:
+    def __init__(
+        self,
+        core: PbxCore,
+        location: LocationService,
+        cdr: CdrRecorder,
+        router: Router,
+        store: ExtensionStore | None = None,
+    ) -> None:
         self.core = core
         self.location = location
         self.cdr = cdr
+        self.router = router
+        self.directory = router.directory
+        self.store = store
+        self._hunt_positions: dict[str, int] = {}
         self.calls: set[Call] = set()
         self._dialogs: dict[tuple[str, str], InboundLeg | OutboundLeg] = {}
         self._dialog_keys: dict[int, list[tuple[str, str]]] = {}
@@ -604,51 +864,71 @@ class CallManager:
             if txn.cancelled and txn.last_response is None:
                 core.respond(txn, 487)
             return
-        refusal = self.limits.check_caller(caller_ext)
-        if refusal is not None:
-            core.respond(txn, refusal.status, refusal.reason)
-            return
         uri = request.uri
         assert isinstance(uri, SipUri)
         number = uri.user_unescaped
-        callee_ext = core.directory.lookup(number) if number else None
-        if callee_ext is None or not callee_ext.enabled:
-            core.respond(txn, 404)
+        if number.startswith("*") and await self.feature_code(txn, caller_ext, number):
             return
-        if txn.cancelled:
-            core.respond(txn, 487)
-            return
-        bindings = self.location.lookup(number)
-        if not bindings:
-            core.respond(txn, 480)
+        route = self.router.resolve(number, caller_ext.number)
+        destination = route.destination
+        if isinstance(destination, Reject):
+            core.respond(txn, destination.status, destination.reason)
             return
         call = Call(
             self,
             txn,
             source,
             _party(caller_ext, request.from_.display_text),
-            _party(callee_ext, ""),
+            CallParty(number, ""),
+            caller_ext,
         )
-        refusal = self.limits.admit(call, caller_ext, callee_ext)
+        refusal = self.limits.admit(call, caller_ext, None)
         if refusal is not None:
             log.info(
                 "call refused %s: %s -> %s: %s",
                 request.call_id,
                 caller_ext.number,
-                callee_ext.number,
+                number,
                 refusal.reason,
             )
             core.respond(txn, refusal.status, refusal.reason)
             return
         self.calls.add(call)
-        call.start(bindings, (70 if max_forwards is None else max_forwards) - 1)
+        call.start(destination, (70 if max_forwards is None else max_forwards) - 1)
+
+    async def feature_code(self, txn: ServerTransaction, caller: Extension, code: str) -> bool:
+        """Star codes that set the caller's forwarding: ``*93*NUMBER#`` (always), ``*90*``
+        (busy), ``*92*`` (no answer), ``*91*`` (unreachable); ``*93#`` etc. clear. Answered
+        with 480 and a reason phrase saying what was set (no media is needed for that)."""
+        match = _FEATURE_CODE.fullmatch(code)
+        if match is None:
+            return False
+        kind = _FEATURE_KINDS[match.group(1)]
+        target = match.group(2) or None
+        if self.store is None:
+            self.core.respond(txn, 503, "Settings cannot be changed")
+            return True
+        changes: dict[str, Any] = {f"forward_{kind}": target}
+        await self.store.set(caller.number, **changes)
+        await self.directory.load()
+        what = kind.replace("_", " ")
+        reason = f"Forwarding {what} to {target}" if target else f"Forwarding {what} cleared"
+        log.info("extension %s: %s", caller.number, reason.lower())
+        self.core.respond(txn, 480, reason)
+        return True
+
+    def next_hunt_position(self, group: str) -> int:
+        return self._hunt_positions.get(group, 0)
+
+    def hunt_answered(self, group: str, member_index: int) -> None:
+        """Circular hunting starts after the member who answered last."""
+        self._hunt_positions[group] = member_index + 1
 
     def hangup_all(self) -> None:
         for call in list(self.calls):
             if call.state == "answered":
                 call.hangup(None, "system")
             elif call.state == "ringing":
-                call._cancel_forks()
                 call.finish_unanswered(503, hangup_side="system")
 
 

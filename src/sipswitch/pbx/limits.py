@@ -49,6 +49,32 @@ class CallLimits:
             return Refusal(486, "Busy Here")
         return None
 
+    def join(self, call: Hashable, number: str) -> None:
+        """Count ``call`` as one of ``number``'s calls (a callee being rung)."""
+        members = self._members.setdefault(call, [])
+        entry = (self._all, number)
+        if entry not in members:
+            self._all.setdefault(number, set()).add(call)
+            members.append(entry)
+
+    def leave(self, call: Hashable, number: str) -> None:
+        """Stop counting ``call`` for ``number`` (a callee rung that did not answer); the
+        caller's own count stays until the call ends."""
+        members = self._members.get(call)
+        if members is None or (self._outgoing, number) in members:
+            return
+        entry = (self._all, number)
+        if entry in members:
+            members.remove(entry)
+            self._discard(self._all, number, call)
+
+    def _discard(self, profile: dict[str, set[Hashable]], number: str, call: Hashable) -> None:
+        calls = profile.get(number)
+        if calls is not None:
+            calls.discard(call)
+            if not calls:
+                del profile[number]
+
     def admit(
         self, call: Hashable, caller: Extension | None, callee: Extension | None
     ) -> Refusal | None:
@@ -66,17 +92,13 @@ class CallLimits:
             joined.append((self._all, callee.number))
         for profile, number in joined:
             profile.setdefault(number, set()).add(call)
-        self._members[call] = joined
+        self._members.setdefault(call, []).extend(joined)
         return None
 
     def release(self, call: Hashable) -> None:
         """Leave every profile the call joined; a second release does nothing."""
         for profile, number in self._members.pop(call, ()):
-            members = profile.get(number)
-            if members is not None:
-                members.discard(call)
-                if not members:
-                    del profile[number]
+            self._discard(profile, number, call)
 
     @property
     def live_calls(self) -> int:

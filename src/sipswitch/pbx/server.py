@@ -23,6 +23,7 @@ from .core import ALLOW_HEADER, PbxCore, log
 from .directory import ExtensionDirectory
 from .location import LocationService
 from .registrar import Registrar
+from .routing import Router
 
 SHUTDOWN_GRACE = 3.0
 EXPIRY_SWEEP_INTERVAL = 30.0
@@ -72,7 +73,8 @@ class SipServer:
         core = PbxCore(settings, clock, self.transports, directory)
         self.core = core
         registrar = Registrar(core, self.location)
-        self.calls = CallManager(core, self.location, self.cdr)
+        router = Router(directory, settings.groups, settings.dialplan, settings.lists)
+        self.calls = CallManager(core, self.location, self.cdr, router, self.database.extensions)
         core.dialogs = self.calls
         core.handlers = {
             "REGISTER": registrar.handle,
