@@ -143,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     remove = ext_commands.add_parser("remove", parents=[common], help="delete an extension")
     remove.add_argument("number")
     remove.set_defaults(handler=_ext_remove)
+
+    route = commands.add_parser("route", parents=[common], help="inspect call routing")
+    route_commands = route.add_subparsers(dest="route_command", required=True, metavar="ACTION")
+    route_test = route_commands.add_parser(
+        "test", parents=[common], help="show where a dialled number goes"
+    )
+    route_test.add_argument("number")
+    route_test.add_argument("--from", dest="caller", default=None, help="calling extension")
+    route_test.set_defaults(handler=_route_test)
     return parser
 
 
@@ -334,6 +343,24 @@ def _ext_set(args: argparse.Namespace) -> int:
     _with_database(settings, work)
     print(f"Updated extension {number}.")
     return 0
+
+
+def _route_test(args: argparse.Namespace) -> int:
+    from sipswitch.pbx.directory import ExtensionDirectory
+    from sipswitch.pbx.routing import Reject, Router
+
+    settings = _settings(args)
+
+    async def work(db: Database) -> tuple[str, bool]:
+        directory = ExtensionDirectory(db.extensions)
+        await directory.load()
+        router = Router(directory, settings.groups, settings.dialplan, settings.lists)
+        route = router.resolve(args.number, args.caller)
+        return router.describe(route), not isinstance(route.destination, Reject)
+
+    line, routable = _with_database(settings, work)
+    print(line)
+    return 0 if routable else 1
 
 
 def _ext_remove(args: argparse.Namespace) -> int:

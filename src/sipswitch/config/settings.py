@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import ErrorDetails
 
 from sipswitch.config.errors import ConfigError, ConfigIssue
+from sipswitch.config.routing import DialRule, GroupSettings, ListSettings, check_unique_numbers
 from sipswitch.config.toml_lines import key_lines, locate
 
 DEFAULT_DATA_DIR = Path("data")
@@ -281,6 +282,14 @@ class Settings(Section):
     log: LogSettings = Field(default_factory=LogSettings)
     tls: TlsSettings | None = None  # no [tls] table: TLS is off
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    groups: list[GroupSettings] = Field(default_factory=list)
+    dialplan: list[DialRule] = Field(default_factory=list)
+    lists: ListSettings = Field(default_factory=ListSettings)
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_groups(cls, value: list[GroupSettings]) -> list[GroupSettings]:
+        return check_unique_numbers(value)
 
     @property
     def database_url(self) -> str:
