@@ -1,5 +1,6 @@
-"""Every transport of the server in one place: binds UDP and TCP on each listen address, sends by
-the destination's transport and family, and says which local address to put in Via and Contact.
+"""Every transport of the server in one place: binds UDP and TCP (and TLS when configured) on each
+listen address, sends by the destination's transport and family, and says which local address to
+put in Via and Contact.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import SupportsIndex, overload
 from ..clock import Clock, LoopClock
 from .base import Address, MessageSink
 from .tcp import TcpTransport, canonical_host
+from .tls import TlsTransport
 from .udp import UdpTransport, strip_brackets
 from .udp import family_of as _family
 
@@ -84,6 +86,7 @@ class TransportManager:
             connect_timeout=tcp_connect_timeout,
             max_connections=max_connections,
         )
+        self.tls: TlsTransport | None = None
         self.bound = BoundAddresses()
         self._udp_by_family: dict[socket.AddressFamily, UdpTransport] = {}
         self._routes: OrderedDict[tuple[socket.AddressFamily, str], tuple[float, str]] = (
@@ -98,6 +101,33 @@ class TransportManager:
         for udp in self.udp:
             udp.sink = sink
         self.tcp.sink = sink
+        if self.tls is not None:
+            self.tls.sink = sink
+
+    async def start_tls(self, tls: TlsTransport, listen: list[str], port: int) -> None:
+        """Listen for SIP over TLS with ``tls`` on every listen address (port 0: a free one,
+        the same on every address)."""
+        if self.tls is not None:
+            raise RuntimeError("TLS already started")
+        tls.sink = self.sink
+        self.tls = tls
+        try:
+            for entry in listen or ["0.0.0.0"]:
+                host = canonical_host(entry.strip())
+                if host is None:
+                    raise ValueError(f"listen address {entry!r} is not an IP address")
+                if any(a.host == host for a in tls.listening):
+                    continue
+                local = await tls.listen(host, port)
+                self.bound.append(local)
+                port = local.port
+        except BaseException:
+            await tls.close()
+            self.tls = None
+            for address in [a for a in self.bound if a.transport == "tls"]:
+                self.bound.remove(address)
+            raise
+        log.info("listening for TLS on %s", ", ".join(str(a) for a in tls.listening))
 
     async def start(self, listen: list[str], udp_port: int, tcp_port: int) -> None:
         """Bind UDP and TCP on every listen address (IP literals; port 0 = any free port).
@@ -166,6 +196,8 @@ class TransportManager:
             return udp is not None and udp.send(data, destination)
         if kind == "tcp":
             return self.tcp.send(data, destination)
+        if kind == "tls" and self.tls is not None:
+            return self.tls.send(data, destination)
         log.warning("no transport for %s", destination)
         return False
 
@@ -226,6 +258,9 @@ class TransportManager:
             except TimeoutError:
                 log.warning("%s did not close in time", udp.local)
         await self.tcp.close()
+        if self.tls is not None:
+            await self.tls.close()
+            self.tls = None
         self.udp.clear()
         self.bound.clear()
         self._udp_by_family.clear()

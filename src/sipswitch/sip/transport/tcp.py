@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from ..clock import Clock, LoopClock, TimerHandle
 from ..message import Request, make_response
@@ -77,25 +78,37 @@ class TcpConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        self.transport = transport
         self._lost = asyncio.get_running_loop().create_future()
+        if not self.outgoing and not self._admit(transport):
+            return
+        self._up(transport)
+
+    def _admit(self, transport: asyncio.Transport) -> bool:
+        """Enter an incoming connection in the table, or refuse it (transport closed, connection
+        limits, or the owner's ``admit`` hook, which bans use)."""
         owner = self.owner
-        if self.outgoing:
-            if self.closing or owner.closed:
-                transport.abort()
-                return
-            pending, self._pending, self._pending_size = self._pending, [], 0
-            if pending:
-                transport.write(b"".join(pending))
-        else:
-            peername = transport.get_extra_info("peername")
-            if owner.closed or len(owner._connections) >= owner.max_connections:
-                log.warning("refusing TCP connection from %s: limit reached", peername)
-                self.closing = True
-                transport.abort()
-                return
-            self.peer = Address("tcp", peername[0], peername[1])
-            owner._register(self)
+        peername = transport.get_extra_info("peername")
+        refusal = owner._refusal(str(peername[0]))
+        if refusal is not None:
+            if refusal:
+                log.warning("refusing %s connection from %s: %s", owner.name, peername, refusal)
+            self.closing = True
+            transport.abort()
+            return False
+        self.peer = Address(owner.name, peername[0], peername[1])
+        owner._register(self)
+        return True
+
+    def _up(self, transport: asyncio.Transport) -> None:
+        """The connection carries SIP from now on (for TLS: after the handshake)."""
+        self.transport = transport
+        owner = self.owner
+        if self.closing or owner.closed:
+            transport.abort()
+            return
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        if pending:
+            transport.write(b"".join(pending))
         self.last_activity = owner.clock.now()
         self._idle_timer = owner.clock.call_later(owner.idle_timeout, self._check_idle)
 
@@ -259,7 +272,12 @@ class TcpTransport:
 
     ``send`` to the address of a connected peer writes on that connection; to any other address it
     opens a connection (data is queued until it is up) registered under that address.
+
+    ``max_connections_per_host`` caps the connections of one peer address; ``admit`` (a source
+    host in, False out) refuses incoming connections before anything is read from them.
     """
+
+    name = "tcp"  # the Address transport of this transport's connections
 
     def __init__(
         self,
@@ -272,6 +290,7 @@ class TcpTransport:
         max_connections: int = 10_000,
         max_write_buffer: int = 1024 * 1024,
         backlog: int = 1024,
+        max_connections_per_host: int | None = None,
     ) -> None:
         self.sink = sink
         self.clock: Clock = clock if clock is not None else LoopClock()
@@ -281,11 +300,19 @@ class TcpTransport:
         self.max_connections = max_connections
         self.max_write_buffer = max_write_buffer
         self.backlog = backlog
+        self.max_connections_per_host = max_connections_per_host
+        self.admit: Callable[[str], bool] | None = None
         self.closed = False
         self.listening: list[Address] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._table: dict[Address, TcpConnection] = {}
         self._connections: set[TcpConnection] = set()
+        self._per_host: dict[str, int] = {}
+
+    def _new_connection(
+        self, local: Address, peer: Address | None, outgoing: bool
+    ) -> TcpConnection:
+        return TcpConnection(self, local, peer, outgoing)
 
     async def listen(self, host: str, port: int = 0) -> Address:
         """Listen on (host, port); port 0 picks a free port. Returns the bound address."""
@@ -293,10 +320,10 @@ class TcpTransport:
         try:
             sock.listen(self.backlog)
             sockname = sock.getsockname()
-            local = Address("tcp", sockname[0], sockname[1])
+            local = Address(self.name, sockname[0], sockname[1])
             loop = asyncio.get_running_loop()
             server = await loop.create_server(
-                lambda: TcpConnection(self, local, None, outgoing=False), sock=sock
+                lambda: self._new_connection(local, None, False), sock=sock
             )
         except BaseException:
             sock.close()
@@ -312,24 +339,51 @@ class TcpTransport:
         if connection is None:
             host = canonical_host(peer.host)
             if host is not None and host != peer.host:
-                connection = self._table.get(Address("tcp", host, peer.port))
+                connection = self._table.get(Address(self.name, host, peer.port))
         return connection
 
     @property
     def connection_count(self) -> int:
         return len(self._connections)
 
+    def _refusal(self, host: str) -> str | None:
+        """Why an incoming connection from ``host`` is refused ("" when silently), or None."""
+        if self.closed or len(self._connections) >= self.max_connections:
+            return "limit reached"
+        limit = self.max_connections_per_host
+        if limit is not None and self._per_host.get(host, 0) >= limit:
+            return f"{limit} connections from that address already"
+        if self.admit is not None and not self.admit(host):
+            return ""
+        return None
+
     def _register(self, connection: TcpConnection) -> None:
+        if connection in self._connections:
+            return
         self._connections.add(connection)
         if connection.peer is not None:
             # A newer connection from the same ip:port replaces the older one in the table.
             self._table[connection.peer] = connection
+            host = connection.peer.host
+            self._per_host[host] = self._per_host.get(host, 0) + 1
 
     def _unregister(self, connection: TcpConnection) -> None:
+        if connection not in self._connections:
+            return
         self._connections.discard(connection)
         peer = connection.peer
-        if peer is not None and self._table.get(peer) is connection:
-            del self._table[peer]
+        if peer is not None:
+            if self._table.get(peer) is connection:
+                del self._table[peer]
+            left = self._per_host.get(peer.host, 0) - 1
+            if left > 0:
+                self._per_host[peer.host] = left
+            else:
+                self._per_host.pop(peer.host, None)
+
+    def connections_from(self, host: str) -> int:
+        """Connections open (or opening) with ``host``."""
+        return self._per_host.get(host, 0)
 
     # --- sending ---
     def send(self, data: bytes, destination: Address) -> bool:
@@ -356,9 +410,9 @@ class TcpTransport:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        peer = Address("tcp", host, destination.port)
+        peer = Address(self.name, host, destination.port)
         local = self._listener_for(host)
-        connection = TcpConnection(self, local, peer, outgoing=True)
+        connection = self._new_connection(local, peer, True)
         self._register(connection)
         connection._connect_task = loop.create_task(self._connect(connection))
         return connection
@@ -368,7 +422,7 @@ class TcpTransport:
         for address in self.listening:
             if family_of(address.host) == family:
                 return address
-        return Address("tcp", "::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+        return Address(self.name, "::" if family == socket.AF_INET6 else "0.0.0.0", 0)
 
     async def _connect(self, connection: TcpConnection) -> None:
         peer = connection.peer
@@ -383,7 +437,11 @@ class TcpTransport:
             self.connect_timeout, task.cancel) if task is not None else None
         try:
             await loop.create_connection(
-                lambda: connection, peer.host, peer.port, local_addr=local_addr
+                lambda: connection,
+                peer.host,
+                peer.port,
+                local_addr=local_addr,
+                **self._connect_options(connection),
             )
         except (Exception, asyncio.CancelledError) as exc:
             # Cancelled by the connect timer or by close(); either way nothing awaits this task.
@@ -394,6 +452,10 @@ class TcpTransport:
             if timer is not None:
                 timer.cancel()
             connection._connect_task = None
+
+    def _connect_options(self, connection: TcpConnection) -> dict[str, Any]:
+        """Extra ``create_connection`` arguments for an outgoing connection (TLS adds its)."""
+        return {}
 
     # --- shutting down ---
     async def close(self) -> None:

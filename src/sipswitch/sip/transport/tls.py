@@ -1,0 +1,266 @@
+"""SIP over TLS (RFC 3261 §26.2, RFC 5922): the TCP transport with a TLS layer on each connection.
+
+Everything SIP (framing, keepalives, the connection table keyed by peer address, timeouts, write
+limits) is the TCP transport's; this module adds the handshake. An accepted socket is admitted
+(connection limits, the per-source cap counting handshakes in progress, bans) before any
+cryptography is done, then handed to ``loop.connect_accepted_socket`` with a handshake timeout;
+only then does it read SIP. Each handshake takes the certificate context current at that moment,
+so a certificate reload leaves established connections as they are.
+
+Outgoing connections verify the peer: the chain against the configured CA file (or the system
+store) and the SIP domain against the certificate (RFC 5922). A destination is only connected to
+when the domain it stands for is known (``expect_domain``); without a name there is nothing to
+verify, so nothing is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+from collections import OrderedDict
+from typing import Any, cast
+
+from ..clock import Clock
+from .base import Address, MessageSink
+from .certs import ServerCertificates, matches_sip_domain
+from .tcp import TcpConnection, TcpTransport, canonical_host
+from .udp import bind_socket
+
+log = logging.getLogger(__name__)
+
+MAX_EXPECTED_DOMAINS = 4096
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class TlsConnection(TcpConnection):
+    """One TLS connection; ``domain`` is the SIP domain an outgoing one must prove."""
+
+    __slots__ = ("domain",)
+
+    def __init__(
+        self,
+        owner: TlsTransport,
+        local: Address,
+        peer: Address | None,
+        outgoing: bool,
+        domain: str | None = None,
+    ) -> None:
+        super().__init__(owner, local, peer, outgoing)
+        self.domain = domain
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called after the handshake, for both directions.
+        if self.outgoing:
+            # The chain is verified; the name is ours to check.
+            peercert = transport.get_extra_info("peercert")
+            if not peercert or self.domain is None or not matches_sip_domain(
+                peercert, self.domain
+            ):
+                log.warning(
+                    "TLS connection to %s refused: the certificate does not name %s",
+                    self.peer,
+                    self.domain,
+                )
+                self._lost = asyncio.get_running_loop().create_future()
+                self.abort()
+                cast(asyncio.Transport, transport).abort()
+                return
+        super().connection_made(transport)
+
+    def _admit(self, transport: asyncio.Transport) -> bool:
+        # The limits were applied when the socket was accepted, before the handshake.
+        owner = self.owner
+        if owner.closed:
+            self.closing = True
+            transport.abort()
+            return False
+        peername = transport.get_extra_info("peername")
+        self.peer = Address(owner.name, peername[0], peername[1])
+        owner._register(self)
+        return True
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+class TlsTransport(TcpTransport):
+    """SIP over TLS: listening sockets with the server certificate and one connection table.
+
+    ``certificates`` supplies the server context (reloadable); ``client_context`` (see
+    ``certs.build_client_context``) enables outgoing connections.
+    """
+
+    name = "tls"
+
+    def __init__(
+        self,
+        certificates: ServerCertificates,
+        sink: MessageSink | None = None,
+        clock: Clock | None = None,
+        *,
+        client_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+        max_connections_per_host: int | None = 32,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            sink, clock, max_connections_per_host=max_connections_per_host, **options
+        )
+        self.certificates = certificates
+        self.client_context = client_context
+        self.handshake_timeout = handshake_timeout
+        self.handshakes = 0  # completed incoming handshakes
+        self.failed_handshakes = 0
+        self._domains: OrderedDict[Address, str] = OrderedDict()
+        self._handshaking: dict[str, int] = {}  # source host -> handshakes in progress
+        self._accepting: list[tuple[socket.socket, asyncio.Task[None]]] = []
+        self._handshake_tasks: set[asyncio.Task[None]] = set()
+
+    # --- incoming ---
+    async def listen(self, host: str, port: int = 0) -> Address:
+        """Listen on (host, port); port 0 picks a free port. Returns the bound address.
+
+        Sockets are accepted here rather than by ``create_server`` so that the limits and the
+        ``admit`` hook are applied before any TLS work, and each handshake gets the certificate
+        context current at that moment."""
+        sock = bind_socket(host, port, socket.SOCK_STREAM, reuse_address=True)
+        try:
+            sock.listen(self.backlog)
+            sockname = sock.getsockname()
+        except BaseException:
+            sock.close()
+            raise
+        local = Address(self.name, sockname[0], sockname[1])
+        self.closed = False
+        task = asyncio.get_running_loop().create_task(self._accept_loop(sock, local))
+        self._accepting.append((sock, task))
+        self.listening.append(local)
+        return local
+
+    def _refusal(self, host: str) -> str | None:
+        if self.closed or len(self._connections) + len(self._handshake_tasks) >= (
+            self.max_connections
+        ):
+            return "limit reached"
+        limit = self.max_connections_per_host
+        if limit is not None and (
+            self._per_host.get(host, 0) + self._handshaking.get(host, 0) >= limit
+        ):
+            return f"{limit} connections from that address already"
+        if self.admit is not None and not self.admit(host):
+            return ""
+        return None
+
+    async def _accept_loop(self, sock: socket.socket, local: Address) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            try:
+                accepted, addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                if self.closed:
+                    return
+                log.warning("accepting a TLS connection on %s failed: %s", local, exc)
+                await asyncio.sleep(0.1)  # out of descriptors: do not spin
+                continue
+            host = canonical_host(str(addr[0])) or str(addr[0])
+            refusal = self._refusal(host)
+            if refusal is not None:
+                if refusal:
+                    log.warning("refusing TLS connection from %s: %s", addr, refusal)
+                # Reset rather than close: no TIME-WAIT left behind for a refused peer.
+                accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                accepted.close()
+                continue
+            self._handshaking[host] = self._handshaking.get(host, 0) + 1
+            task = loop.create_task(self._handshake(accepted, host, local))
+            self._handshake_tasks.add(task)
+            task.add_done_callback(self._handshake_tasks.discard)
+
+    async def _handshake(self, sock: socket.socket, host: str, local: Address) -> None:
+        connection = TlsConnection(self, local, None, False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: connection,
+                sock,
+                ssl=self.certificates.current,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        except (Exception, asyncio.CancelledError) as exc:
+            self.failed_handshakes += 1
+            if not self.closed:
+                log.info("TLS handshake with %s failed: %s", host, _reason(exc))
+            connection.abort()
+            sock.close()
+        else:
+            self.handshakes += 1
+        finally:
+            left = self._handshaking.get(host, 0) - 1
+            if left > 0:
+                self._handshaking[host] = left
+            else:
+                self._handshaking.pop(host, None)
+
+    def connections_from(self, host: str) -> int:
+        return super().connections_from(host) + self._handshaking.get(host, 0)
+
+    async def close(self) -> None:
+        """Stop accepting, abandon handshakes in progress, close every connection."""
+        self.closed = True
+        accepting, self._accepting = self._accepting, []
+        for _, task in accepting:
+            task.cancel()
+        for task in list(self._handshake_tasks):
+            task.cancel()
+        waiting = [task for _, task in accepting] + list(self._handshake_tasks)
+        if waiting:
+            await asyncio.wait(waiting, timeout=2.0)
+        for sock, _ in accepting:
+            sock.close()
+        await super().close()
+
+    def _new_connection(
+        self, local: Address, peer: Address | None, outgoing: bool
+    ) -> TcpConnection:
+        domain = self._domains.get(peer) if peer is not None else None
+        return TlsConnection(self, local, peer, outgoing, domain)
+
+    # --- outgoing ---
+    def expect_domain(self, destination: Address, domain: str) -> None:
+        """Connections opened to ``destination`` must present a certificate for ``domain``
+        (the SIP domain that resolved to it, RFC 5922 §4)."""
+        host = canonical_host(destination.host)
+        if host is None:
+            raise ValueError(f"{destination.host!r} is not an IP address")
+        key = Address(self.name, host, destination.port)
+        self._domains[key] = domain
+        self._domains.move_to_end(key)
+        while len(self._domains) > MAX_EXPECTED_DOMAINS:
+            self._domains.popitem(last=False)
+
+    def send(self, data: bytes, destination: Address) -> bool:
+        if self.connection(destination) is None:
+            host = canonical_host(destination.host)
+            key = Address(self.name, host, destination.port) if host is not None else None
+            if self.client_context is None or key is None or key not in self._domains:
+                log.warning("no TLS connection to %s and no verified way to open one", destination)
+                return False
+        return super().send(data, destination)
+
+    def _connect_options(self, connection: TcpConnection) -> dict[str, Any]:
+        domain = connection.domain if isinstance(connection, TlsConnection) else None
+        return {
+            "ssl": self.client_context,
+            "server_hostname": domain or "",
+            "ssl_handshake_timeout": self.handshake_timeout,
+        }
