@@ -2,7 +2,8 @@
 
 ``PbxCore`` holds what every handler needs (settings, clock, transactions, transports, the
 extension directory, digest challenges) and dispatches each new request through a fixed order:
-validation → in-dialog routing → OPTIONS / REGISTER / INVITE handlers. Handlers answer through
+validation → in-dialog routing → overload check → OPTIONS / REGISTER / INVITE handlers (bans,
+rate limits and scanner drops happen before, in ``security.SecurityGate``). Handlers answer through
 ``respond`` so every response carries the same Server header and To-tag rules.
 """
 
@@ -27,6 +28,7 @@ from ..sip.uri import SipUri, format_host
 from ..sip.validate import UnsupportedExtension, check_request
 from ..store import Extension
 from .directory import ExtensionDirectory
+from .security import SecurityGate
 
 log = logging.getLogger("sipswitch")
 
@@ -119,6 +121,7 @@ class PbxCore:
         self.handlers: dict[str, Callable[[Request, ServerTransaction, Address], None]] = {}
         self.dialogs: DialogRouter | None = None
         self.accepting_calls = True
+        self.security: SecurityGate | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- dispatch ---
@@ -143,6 +146,10 @@ class PbxCore:
             return
         if request.method == "ACK" or txn is None:
             return  # a stray ACK (or a request the transaction layer could not take)
+        security = self.security
+        if security is not None and security.overloaded(len(self._tasks)):
+            self.respond(txn, 503, headers={"Retry-After": security.retry_after})
+            return
         handler = self.handlers.get(request.method)
         if handler is None:
             self.respond(txn, 405, headers={"Allow": ALLOW_HEADER})
@@ -230,11 +237,14 @@ class PbxCore:
         """Check digest credentials for ``user``; on failure send the challenge and return None.
 
         An unknown user and a wrong password get the same answer, so extensions cannot be
-        enumerated.
+        enumerated. Valid credentials of another extension than ``user`` (the From user of an
+        INVITE, the To user of a REGISTER) get 403. A wrong answer to one of our nonces counts
+        as a failed authentication of the source address (for bans).
         """
         request = txn.request
         header = "Proxy-Authorization" if proxy else "Authorization"
         stale = False
+        failed = False
         for value in request.headers.get_all(header):
             creds = parse_credentials(value)
             if creds is None or creds.realm != self.challenger.realm:
@@ -243,7 +253,7 @@ class PbxCore:
             if extension is not None and not extension.enabled:
                 extension = None
             ha1 = None
-            if extension is not None and creds.username == user:
+            if extension is not None:
                 ha1 = (
                     extension.ha1_sha256
                     if creds.algorithm.upper().startswith("SHA-256")
@@ -251,9 +261,25 @@ class PbxCore:
                 )
             result = self.challenger.verify(creds, request.method, ha1, request.body)
             if result is AuthResult.OK and extension is not None and ha1 is not None:
+                if creds.username != user:
+                    log.info(
+                        "%s from %s: authenticated as %s for %r: refused",
+                        request.method,
+                        txn.source,
+                        creds.username,
+                        user,
+                    )
+                    self.respond(txn, 403, "Authenticated User Mismatch")
+                    return None
                 return extension
             if result is AuthResult.STALE:
                 stale = True
+            # Only an answer to a nonce we signed tests a password: a stale nonce from before
+            # a restart is no guess.
+            elif self.challenger._nonce_issued(creds.nonce) is not None:
+                failed = True
+        if failed and self.security is not None:
+            self.security.auth_failed(txn.source.host)
         status = 407 if proxy else 401
         challenge_header = "Proxy-Authenticate" if proxy else "WWW-Authenticate"
         response = self.build_response(request, status)

@@ -1,5 +1,7 @@
-"""The running server: opens the store, binds the transports, wires the handlers, and shuts
-down cleanly on SIGTERM (no new calls, transactions finish, registrations and CDRs flushed)."""
+"""The running server: opens the store, binds the transports (TLS too when configured), wires
+the security gate and the handlers, reloads TLS certificates on SIGHUP and when their files
+change, and shuts down cleanly on SIGTERM (no new calls, transactions finish, registrations and
+CDRs flushed)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,18 @@ import sys
 from collections.abc import Callable
 
 from ..config.settings import Settings
-from ..sip.clock import LoopClock
+from ..sip.clock import Clock, LoopClock
 from ..sip.message import Request
 from ..sip.transaction import ServerTransaction
 from ..sip.transport.base import Address
+from ..sip.transport.certs import (
+    CertificateError,
+    CertificateFiles,
+    ServerCertificates,
+    build_client_context,
+)
 from ..sip.transport.manager import TransportManager
+from ..sip.transport.tls import TlsTransport
 from ..store import Database, seed_default_extensions
 from .b2bua import CallManager
 from .cdr import CdrRecorder
@@ -24,9 +33,11 @@ from .directory import ExtensionDirectory
 from .location import LocationService
 from .registrar import Registrar
 from .routing import Router
+from .security import SecurityGate
 
 SHUTDOWN_GRACE = 3.0
 EXPIRY_SWEEP_INTERVAL = 30.0
+CERTIFICATE_CHECK_INTERVAL = 5.0
 
 
 class SipServer:
@@ -48,6 +59,9 @@ class SipServer:
         self.cdr: CdrRecorder | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.directory: ExtensionDirectory | None = None
+        self.security: SecurityGate | None = None
+        self.certificates: ServerCertificates | None = None
+        self._certificate_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -81,14 +95,55 @@ class SipServer:
             "INVITE": self.calls.handle_invite,
             "OPTIONS": self._options,
         }
-        self.transports.set_sink(core.transactions)
+        # Bans, rate limits and scanner drops come first, before a transaction is formed.
+        security = SecurityGate(settings.security, clock, core.transactions)
+        core.security = security
+        self.security = security
+        self.transports.set_sink(security)
+        if isinstance(self.transports, TransportManager):
+            self.transports.tcp.admit = security.admit_connection
         await self.transports.start(
             settings.sip.listen, settings.sip.udp_port, settings.sip.tcp_port
         )
+        if settings.tls is not None:
+            await self._start_tls(clock, security)
         self._sweeper = asyncio.create_task(self._sweep(), name="binding-expiry")
         for address in self.transports.bound:
             self.out(f"listening on {address}")
         self.out(f"sipswitch ready ({restored} registrations restored)")
+
+    async def _start_tls(self, clock: Clock, security: SecurityGate) -> None:
+        tls = self.settings.tls
+        assert tls is not None and self.transports is not None
+        data_dir = self.settings.data_dir
+        cert, key = tls.path(tls.cert, data_dir), tls.path(tls.key, data_dir)
+        assert cert is not None and key is not None
+        files = CertificateFiles(cert, key, tls.path(tls.chain, data_dir))
+        self.certificates = ServerCertificates(files)
+        transport = TlsTransport(
+            self.certificates,
+            clock=clock,
+            client_context=build_client_context(tls.path(tls.ca_file, data_dir), files),
+            handshake_timeout=tls.handshake_timeout,
+            max_connections_per_host=tls.max_connections_per_source,
+        )
+        transport.admit = security.admit_connection
+        await self.transports.start_tls(transport, self.settings.sip.listen, tls.port)
+        self._certificate_watch = asyncio.create_task(
+            self._watch_certificates(), name="certificate-watch"
+        )
+
+    def reload_certificates(self) -> bool:
+        """Load the TLS certificate files again (SIGHUP); connections already up keep theirs."""
+        if self.certificates is None:
+            return False
+        return self.certificates.reload()
+
+    async def _watch_certificates(self) -> None:
+        assert self.certificates is not None
+        while True:
+            await asyncio.sleep(CERTIFICATE_CHECK_INTERVAL)
+            self.certificates.check()
 
     def _options(self, request: Request, txn: ServerTransaction, source: Address) -> None:
         assert self.core is not None
@@ -112,10 +167,11 @@ class SipServer:
         if calls is not None:
             calls.hangup_all()
             await asyncio.sleep(0.2)  # let the BYEs and final responses leave
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._certificate_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.directory is not None:
             await self.directory.close()
         if self.location is not None:
@@ -132,7 +188,7 @@ async def serve(settings: Settings) -> int:
     server = SipServer(settings)
     try:
         await server.start()
-    except OSError as exc:
+    except (OSError, CertificateError) as exc:
         log.error("cannot start: %s", exc)
         await server.stop()
         return 1
@@ -144,6 +200,7 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     sys.stdout.flush()
     await stop.wait()
     log.info("shutting down")
