@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     route_test.add_argument("number")
     route_test.add_argument("--from", dest="caller", default=None, help="calling extension")
     route_test.set_defaults(handler=_route_test)
+    _add_tls_commands(commands, common)
     return parser
 
 
@@ -373,6 +374,50 @@ def _ext_remove(args: argparse.Namespace) -> int:
     if not _with_database(settings, work):
         raise ExtensionNotFound(number)
     print(f"Removed extension {number}.")
+    return 0
+
+
+def _add_tls_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    tls = commands.add_parser("tls", parents=[common], help="TLS certificates for SIP over TLS")
+    tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    selfsigned = tls_commands.add_parser(
+        "selfsigned",
+        parents=[common],
+        help="write a self-signed certificate and key (the [tls] cert and key paths)",
+    )
+    selfsigned.add_argument(
+        "--host", required=True, metavar="NAME", help="the name or address phones connect to"
+    )
+    selfsigned.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    selfsigned.add_argument("--force", action="store_true", help="replace existing files")
+    selfsigned.set_defaults(handler=_tls_selfsigned)
+
+
+def _tls_selfsigned(args: argparse.Namespace) -> int:
+    from sipswitch.config.settings import TlsSettings
+    from sipswitch.sip.transport.certs import write_self_signed
+
+    settings = _settings(args)
+    tls = settings.tls or TlsSettings()
+    cert = tls.path(tls.cert, settings.data_dir)
+    key = tls.path(tls.key, settings.data_dir)
+    assert cert is not None and key is not None
+    if not 1 <= args.days <= 36500:
+        raise CommandError("--days must be between 1 and 36500")
+    existing = [str(p) for p in (cert, key) if p.exists()]
+    if existing and not args.force:
+        raise CommandError(f"already there: {', '.join(existing)} (--force replaces)")
+    try:
+        info = write_self_signed(args.host, cert, key, days=args.days)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"Wrote {cert} and {key}.")
+    print(f"  subject      {info.subject}")
+    print(f"  names        {', '.join(info.names)}")
+    print(f"  valid until  {info.not_after:%Y-%m-%d}")
+    print(f"  SHA-256      {info.fingerprint_sha256}")
+    if settings.tls is None:
+        print("Add a [tls] section to the settings to serve SIP over TLS with it.")
     return 0
 
 
