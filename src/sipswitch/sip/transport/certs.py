@@ -18,7 +18,7 @@ import ssl
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +268,85 @@ class ServerCertificates:
         if self.files.stamp() == self._stamp:
             return False
         return self.reload()
+
+
+def write_self_signed(
+    host: str, cert_path: Path, key_path: Path, days: int = 3650
+) -> CertificateInfo:
+    """Write a self-signed certificate for ``host`` (a name or an IP address) and its private key
+    (RSA 2048, readable by the owner only) as PEM files; returns what was written.
+
+    The certificate names ``host`` as Common Name and in subjectAltName (a name as DNS and as
+    ``sip:`` URI per RFC 5922, an address as IP) and may act as its own CA, so a phone can be
+    told to trust it."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    host = host.strip().rstrip(".")
+    if not host or len(host) > 253:
+        raise ValueError("the host must be 1 to 253 characters")
+    names: list[x509.GeneralName]
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not all(part and part.replace("-", "").isalnum() for part in host.split(".")):
+            raise ValueError(f"{host!r} is neither a host name nor an IP address") from None
+        names = [x509.DNSName(host.lower()), x509.UniformResourceIdentifier(f"sip:{host.lower()}")]
+    else:
+        host = str(address)
+        names = [x509.IPAddress(address)]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    for path in (cert_path, key_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # The key is created private (0600) before any byte is written into it.
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key_pem)
+    os.chmod(key_path, 0o600)
+    cert_path.write_bytes(cert_pem)
+    return describe_certificate(cert_pem)
