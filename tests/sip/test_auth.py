@@ -716,3 +716,11 @@ def test_round_trip_property(username: str, password: str, algorithm: str) -> No
     assert creds.username == username
     ha1 = compute_ha1(username, REALM, password, algorithm)
     assert challenger.verify(creds, "REGISTER", ha1) is AuthResult.OK
+
+
+def test_an_immediate_answer_is_never_stale(clock: VirtualClock) -> None:
+    # A nonce issued at x.0006 s and answered at once must not look issued in the future.
+    clock.now = 1_700_000_000.0006
+    challenger = make_challenger(clock)
+    creds = answer(challenger)
+    assert challenger.verify(creds, "REGISTER", ha1_of("SHA-256")) is AuthResult.OK

@@ -114,6 +114,9 @@ def _encode(text: str) -> bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
+_FUTURE_SLACK = 1.0  # seconds
+
+
 class AuthResult(enum.Enum):
     """The outcome of checking credentials against a challenge."""
 
@@ -478,7 +481,8 @@ class DigestChallenger:
 
     def new_nonce(self) -> str:
         """A fresh signed nonce stamped with the current time."""
-        stamp = _NONCE_TIME.pack(round(self._clock() * 1000))
+        # Truncate: a rounded stamp could lie up to 0.5 ms in the future.
+        stamp = _NONCE_TIME.pack(int(self._clock() * 1000))
         payload = stamp + secrets.token_bytes(_NONCE_RANDOM_BYTES)
         raw = payload + self._mac(payload)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
@@ -570,7 +574,8 @@ class DigestChallenger:
 
         now = self._clock()
         age = now - issued
-        if age < 0 or age > self.nonce_ttl:
+        # A little slack for a wall clock stepped back between issue and answer.
+        if age < -_FUTURE_SLACK or age > self.nonce_ttl:
             return AuthResult.STALE
         use = self._used.get(creds.nonce)
         if use is None:
