@@ -122,3 +122,28 @@ async def test_extensions_added_while_running_are_seen(lab: Lab) -> None:
     await server.database.extensions.remove("300")
     await server.directory.load()
     assert (await phone.register()).status == 401
+
+
+async def test_refreshing_one_device_writes_one_binding(lab: Lab) -> None:
+    """An extension with many devices: a refresh writes only the binding that changed."""
+    lab.extra_config = "[registrar]\nmax_contacts = 50\n"
+    server = await lab.start_server()
+    phone = lab.phone("200")
+    for port in range(6000, 6020):
+        assert (await phone.register(contact=f"<sip:200@127.0.0.9:{port}>")).status == 200
+    assert server.location is not None and server.location._store is not None
+    store = server.location._store
+    writes: list[tuple[int, int]] = []
+    original = store.apply
+
+    async def recording(upserts: list[object], deletes: list[object]) -> None:
+        writes.append((len(upserts), len(deletes)))
+        await original(upserts, deletes)  # type: ignore[arg-type]
+
+    store.apply = recording  # type: ignore[method-assign, assignment]
+    try:
+        assert (await phone.register(contact="<sip:200@127.0.0.9:6005>")).status == 200
+    finally:
+        store.apply = original  # type: ignore[method-assign]
+    assert writes == [(1, 0)]
+    assert len(server.location.lookup("200")) == 20

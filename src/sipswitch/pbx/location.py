@@ -93,11 +93,19 @@ class LocationService:
         return aor not in self._bindings and len(self._bindings) >= self._max_aors
 
     # --- changes ---
-    def replace(self, aor: str, bindings: list[Binding], removed: list[Binding]) -> None:
-        """Make ``bindings`` the whole set for ``aor``; ``removed`` are deleted from the store."""
+    def replace(
+        self,
+        aor: str,
+        bindings: list[Binding],
+        removed: list[Binding],
+        changed: list[Binding] | None = None,
+    ) -> None:
+        """Make ``bindings`` the whole set for ``aor``. Only ``changed`` bindings (default: all
+        of them) are written and ``removed`` ones deleted: an extension with many devices must
+        not rewrite every binding when one of them refreshes."""
         for binding in removed:
             self._queue_delete(binding)
-        for binding in bindings:
+        for binding in bindings if changed is None else changed:
             key = (binding.aor, binding.contact_uri)
             self._batch.deletes.discard(key)
             self._batch.upserts[key] = binding

@@ -71,6 +71,7 @@ class Registrar:
             await self._answer(txn, aor)
             return
         bindings = {b.contact_uri: b for b in current}
+        changed: list[Binding] = []
         for contact in contacts:
             if not isinstance(contact.uri, SipUri):
                 core.respond(txn, 400, "Contact must be a SIP URI")
@@ -97,7 +98,7 @@ class Registrar:
                     if other.contact_uri != key:
                         del bindings[other.contact_uri]
             params = {k: v for k, v in contact.params.items() if k != "expires"}
-            bindings[key] = Binding(
+            bindings[key] = binding = Binding(
                 aor=aor,
                 contact_uri=key,
                 contact_value=str(NameAddr(contact.uri, contact.display, params)),
@@ -112,6 +113,7 @@ class Registrar:
                 instance_id=instance,
                 reg_id=_reg_id(contact.params.get("reg-id")),
             )
+            changed.append(binding)
         kept = sorted(bindings.values(), key=lambda b: b.expires_at)
         if len(kept) > self.max_contacts:
             kept = kept[len(kept) - self.max_contacts :]
@@ -120,7 +122,9 @@ class Registrar:
         if self.location.full(aor):
             core.respond(txn, 503, "Location table full", headers={"Retry-After": "60"})
             return
-        self.location.replace(aor, kept, removed)
+        self.location.replace(
+            aor, kept, removed, [b for b in changed if b.contact_uri in kept_keys]
+        )
         await self._answer(txn, aor)
 
     async def _answer(self, txn: ServerTransaction, aor: str) -> None:
