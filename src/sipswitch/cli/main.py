@@ -1,4 +1,4 @@
-"""The ``sipswitch`` command: serve, check-config and extension management."""
+"""The ``sipswitch`` command: serve, check-config, extension management and IVR scripts."""
 
 from __future__ import annotations
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     route_test.add_argument("number")
     route_test.add_argument("--from", dest="caller", default=None, help="calling extension")
     route_test.set_defaults(handler=_route_test)
+
+    _add_ivr_commands(commands, common)
     _add_tls_commands(commands, common)
     return parser
 
@@ -375,6 +377,111 @@ def _ext_remove(args: argparse.Namespace) -> int:
         raise ExtensionNotFound(number)
     print(f"Removed extension {number}.")
     return 0
+
+
+def _add_ivr_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    ivr = commands.add_parser("ivr", parents=[common], help="check and simulate IVR-XML scripts")
+    ivr_commands = ivr.add_subparsers(dest="ivr_command", required=True, metavar="ACTION")
+    voice = argparse.ArgumentParser(add_help=False)
+    voice.add_argument(
+        "--voice",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="look for prompts here (repeatable; default: DATA/voice, then the shipped ones)",
+    )
+
+    check = ivr_commands.add_parser(
+        "check", parents=[common, voice], help="load scripts and report every error"
+    )
+    check.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    check.set_defaults(handler=_ivr_check)
+
+    simulate = ivr_commands.add_parser(
+        "simulate",
+        parents=[common, voice],
+        help="run a script without phones and print each step",
+        description="Runs the flow with a scripted caller: each getdtmf attempt takes the next "
+        "--digits entry ('' or '-': the caller presses nothing), each callto ends with the "
+        "next --outcome (answered when none is left).",
+    )
+    simulate.add_argument("file", type=Path, metavar="FILE")
+    simulate.add_argument(
+        "--digits",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help="keys the caller presses at the next getdtmf attempt (repeatable)",
+    )
+    simulate.add_argument(
+        "--outcome",
+        action="append",
+        default=[],
+        choices=["answered", "busy", "no-answer", "unreachable", "reject", "failure"],
+        help="how the next callto ends (repeatable)",
+    )
+    simulate.add_argument("--caller", default="100", help="the caller's number (default 100)")
+    simulate.add_argument("--called", default="800", help="the number dialled (default 800)")
+    simulate.add_argument(
+        "--time", type=_local_time, default=None, help="local time of the call: 'YYYY-MM-DD HH:MM'"
+    )
+    simulate.add_argument(
+        "--barge-in", action="store_true", help="the caller types during the prompts"
+    )
+    simulate.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="step budget (default: ivr.step_budget)",
+    )
+    simulate.set_defaults(handler=_ivr_simulate)
+
+
+def _local_time(text: str) -> Any:
+    from sipswitch.ivr.commands import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _prompt_check(args: argparse.Namespace, settings: Settings) -> Any:
+    from sipswitch.ivr.prompts import PromptFolders, voice_dirs
+
+    return PromptFolders(args.voice or voice_dirs(settings.data_dir))
+
+
+def _ivr_check(args: argparse.Namespace) -> int:
+    from sipswitch.ivr.commands import check_scripts
+
+    settings = _settings(args)
+    return check_scripts(args.files, _prompt_check(args, settings), sys.stdout, sys.stderr)
+
+
+def _ivr_simulate(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from sipswitch.ivr.commands import simulate_script
+
+    settings = _settings(args)
+    if args.steps is not None and args.steps < 1:
+        raise CommandError("--steps must be at least 1")
+    return simulate_script(
+        args.file,
+        digits=args.digits,
+        outcomes=args.outcome,
+        caller=args.caller,
+        called=args.called,
+        start=args.time or datetime.now().replace(microsecond=0),
+        barge_in=args.barge_in,
+        step_budget=args.steps or settings.ivr.step_budget,
+        ring_timeout=settings.calls.ring_timeout,
+        prompt_exists=_prompt_check(args, settings),
+        out=sys.stdout,
+        err=sys.stderr,
+    )
 
 
 def _add_tls_commands(commands: Any, common: argparse.ArgumentParser) -> None:

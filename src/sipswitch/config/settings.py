@@ -141,6 +141,43 @@ class CallSettings(Section):
     ring_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
 
 
+_SCRIPT_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.xml")
+_DIALLED = re.compile(r"[A-Za-z0-9+*#._-]{1,32}")
+
+
+class IvrSettings(Section):
+    """IVR-XML scripts: which dialled numbers run which script, and where scripts live."""
+
+    # Dialled number -> script file name (in xml_dir, or one shipped with sipswitch).
+    numbers: dict[str, str] = Field(default_factory=lambda: {"800": "auto-attendant.xml"})
+    # Actions one call may run before it is hung up: stops a flow that loops forever.
+    step_budget: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    # Folder of the scripts; empty: the data directory's xml/; relative: inside the data dir.
+    xml_dir: str = ""
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 10_000:
+            raise ValueError("at most 10000 numbers")
+        for number, script in value.items():
+            if not _DIALLED.fullmatch(number):
+                raise ValueError(f"{number!r} is not a number (1 to 32 of 0-9 A-Z + * # . _ -)")
+            if not _SCRIPT_FILE.fullmatch(script):
+                raise ValueError(
+                    f"{number}: {script!r} is not a script file name (NAME.xml, no folders)"
+                )
+        return value
+
+    @field_validator("xml_dir")
+    @classmethod
+    def _xml_dir(cls, value: str) -> str:
+        value = value.strip()
+        if _CONTROL.search(value) or len(value) > 4096:
+            raise ValueError("not a usable folder path")
+        return value
+
+
 class DatabaseSettings(Section):
     url: str = ""
 
@@ -278,6 +315,7 @@ class Settings(Section):
     sip: SipSettings = Field(default_factory=SipSettings)
     registrar: RegistrarSettings = Field(default_factory=RegistrarSettings)
     calls: CallSettings = Field(default_factory=CallSettings)
+    ivr: IvrSettings = Field(default_factory=IvrSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     tls: TlsSettings | None = None  # no [tls] table: TLS is off
@@ -297,6 +335,15 @@ class Settings(Section):
         if self.database.url:
             return self.database.url
         return f"sqlite+aiosqlite:///{self.data_dir.absolute() / DATABASE_FILE}"
+
+    @property
+    def ivr_xml_dir(self) -> Path:
+        """Where IVR-XML scripts are read: ``ivr.xml_dir`` (inside the data directory when
+        relative), else the data directory's ``xml/``."""
+        if not self.ivr.xml_dir:
+            return self.data_dir / "xml"
+        path = Path(self.ivr.xml_dir).expanduser()
+        return path if path.is_absolute() else self.data_dir / path
 
 
 def load_settings(config_path: Path | None, data_dir: Path | None = None) -> Settings:
