@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the test suite and the benchmark drive (SIPp, baresip,
-# sipvicious, Kamailio, PostgreSQL, sox), only those that are missing. No service is started:
+# sipvicious, Kamailio, PostgreSQL, sox; socat and openssl for the TLS tests, since Debian's SIPp
+# has no TLS), only those that are missing. No service is started:
 # a policy-rc.d that refuses every start is in place during the install.
 set -euo pipefail
 
-PACKAGES=(sip-tester baresip-core sipvicious kamailio postgresql sox)
+PACKAGES=(sip-tester baresip-core sipvicious kamailio postgresql sox socat openssl)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
