@@ -54,7 +54,9 @@ def _assert_answered(output: str) -> None:
 def test_svwar_does_not_enumerate_extensions(sipswitch_server: ServerFactory, method: str) -> None:
     if not shutil.which("svwar"):
         pytest.fail("sipvicious is not installed: run `make test-deps`")
-    server = sipswitch_server()
+    # By default svwar's requests are dropped unanswered (scanner User-Agent); with that off,
+    # the answers themselves must not tell extensions apart.
+    server = sipswitch_server(extra_config="[security]\ndrop_scanners = false\n")
 
     plain = _svwar(server.port, method, force=False)
     _assert_answered(plain)
