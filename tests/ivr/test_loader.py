@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sipswitch.ivr.errors import ScriptError
 from sipswitch.ivr.loader import MAX_SCRIPT_BYTES, load_flow, parse_flow
@@ -611,3 +613,29 @@ def test_many_errors_are_capped() -> None:
     with pytest.raises(ScriptError) as info:
         parse_flow(script(body))
     assert len(info.value.issues) == 50
+
+
+SPEC_BYTES = (FIXTURES / "spec-example.xml").read_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(SPEC_BYTES)), st.integers(0, 8), st.binary(max_size=8)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_mangled_script_loads_or_fails_with_positions(
+    edits: list[tuple[int, int, bytes]],
+) -> None:
+    data = SPEC_BYTES
+    for start, length, insert in edits:
+        data = data[:start] + insert + data[start + length :]
+    try:
+        parse_flow(data, "m.xml", has_prompt)
+    except ScriptError as exc:
+        lines = data.count(b"\n") + 1
+        for issue in exc.issues:
+            assert issue.position.file == "m.xml"
+            assert 1 <= issue.position.line <= lines and issue.position.column >= 1

@@ -147,7 +147,6 @@ class DigitMatch:
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _CLOCK = re.compile(r"([0-9]{1,2}):([0-9]{2})")
-MINUTES_PER_DAY = 24 * 60
 
 
 def _day(text: str) -> int:
