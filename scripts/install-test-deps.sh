@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the test suite and the benchmark drive (SIPp, baresip,
 # sipvicious, Kamailio, PostgreSQL, sox; socat and openssl for the TLS tests, since Debian's SIPp
-# has no TLS), only those that are missing. No service is started:
+# has no TLS; rtpengine for the external media relay; nftables and iproute2 for the NAT tests in
+# network namespaces), only those that are missing. No service is started:
 # a policy-rc.d that refuses every start is in place during the install.
 set -euo pipefail
 
-PACKAGES=(sip-tester baresip-core sipvicious kamailio postgresql sox socat openssl)
+PACKAGES=(sip-tester baresip-core sipvicious kamailio postgresql sox socat openssl
+          rtpengine-daemon nftables iproute2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -40,7 +42,7 @@ fi
 
 echo "installing test dependencies: ${missing[*]}"
 
-# Debian's maintainer scripts start services (PostgreSQL, Kamailio) unless policy-rc.d
+# Debian's maintainer scripts start services (PostgreSQL, Kamailio, rtpengine) unless policy-rc.d
 # forbids it; the tests start their own instances on free ports.
 POLICY=/usr/sbin/policy-rc.d
 created_policy=0
