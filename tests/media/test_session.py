@@ -879,3 +879,36 @@ async def test_loopback_inband_digits_are_detected(
     got = [await b.get_digit(WAIT) for _ in range(3)]
     assert got == ["7", "0", "7"]
     assert b.stats.digits_inband == 3
+
+
+async def test_apply_an_offer_answer_outcome(allocator: PortAllocator, cleanup: list[Any]) -> None:
+    from sipswitch.sdp import answer, parse
+
+    clock = VirtualClock()
+    session = await MediaSession.open(allocator, HOST, clock)
+    peer = Peer()
+    cleanup.extend([session, peer])
+    offer = (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {peer.port} RTP/AVP 8 0 96\r\na=rtpmap:96 telephone-event/8000\r\n"
+    )
+    _, choice = answer(parse(offer.encode()), HOST, session.local_port)
+    session.apply(choice)
+    assert (session.payload_type, session.codec.name, session.telephone_event_pt) == (
+        8, "PCMA", 96
+    )
+    clock.advance(0.02)
+    assert {p.payload_type for p in peer.drain()} == {8}
+    held = offer.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
+    _, choice = answer(parse(held.encode()), HOST, session.local_port)
+    session.apply(choice)
+    clock.advance(1.0)
+    assert peer.drain() == [] and not session.sending
+    _, choice = answer(parse((offer + "a=sendonly\r\n").encode()), HOST, session.local_port)
+    session.apply(choice)
+    clock.advance(1.0)
+    assert peer.drain() == []
+    _, choice = answer(parse(offer.encode()), HOST, session.local_port)
+    session.apply(choice)
+    clock.advance(0.02)
+    assert len(peer.drain()) == 1

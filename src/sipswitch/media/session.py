@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from ..sip.clock import Clock, TimerHandle
 from ..sip.transport.udp import bind_socket
@@ -247,6 +247,23 @@ class _Endpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like: the peer is not listening (yet); keep going.
         log.debug("RTP socket error: %s", exc)
+
+
+class NegotiatedAudio(Protocol):
+    """What ``apply`` reads from an offer/answer outcome (``sipswitch.sdp.AudioChoice``)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def payload_type(self) -> int: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def telephone_event_pt(self) -> int | None: ...
+    @property
+    def direction(self) -> str: ...
 
 
 class MediaSession:
@@ -490,6 +507,25 @@ class MediaSession:
             self._frame = 0
             self._schedule()
             self._schedule_rtcp()
+
+    def apply(self, negotiated: NegotiatedAudio) -> None:
+        """``set_remote`` from an offer/answer outcome (``sdp.AudioChoice``): nothing is sent
+        while the peer holds the call (``0.0.0.0`` or a direction without sending). The host
+        must be an IP address; a name from the SDP is resolved by the caller."""
+        hold = negotiated.host in ("0.0.0.0", "::") or negotiated.direction in (
+            "recvonly", "inactive"
+        )
+        host = negotiated.host
+        if host in ("0.0.0.0", "::"):
+            host = "::1" if ":" in self.local_host else "127.0.0.1"  # never sent to
+        self.set_remote(
+            host,
+            negotiated.port,
+            negotiated.payload_type,
+            negotiated.telephone_event_pt,
+            codec=negotiated.codec,
+            send=not hold,
+        )
 
     @property
     def started(self) -> bool:
@@ -1020,6 +1056,7 @@ __all__ = [
     "RINGBACK_US",
     "MediaSession",
     "MediaStats",
+    "NegotiatedAudio",
     "PlayResult",
     "RecordResult",
     "Tone",
