@@ -211,9 +211,9 @@ def test_serve_runs_the_server_with_the_settings(
         await asyncio.sleep(0)
         return 7
 
-    module = types.ModuleType("sipswitch.pbx.server")
+    module = types.ModuleType("sipswitch.app")
     module.serve = serve  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sipswitch.pbx.server", module)
+    monkeypatch.setitem(sys.modules, "sipswitch.app", module)
     config = tmp_path / "s.toml"
     config.write_text("[sip]\nudp_port = 0\n")
     assert run(capsys, "serve", "--config", str(config), "--data", str(data))[0] == 7

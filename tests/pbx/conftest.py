@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sipswitch.config.settings import load_settings
+from sipswitch.pbx.application import Application
 from sipswitch.pbx.server import SipServer
 from sipswitch.sip.clock import LoopClock
 from sipswitch.sip.transport.base import Address, MessageSink
@@ -54,14 +55,20 @@ class Lab:
         self.ring_timeout = 30.0
         self.extra_config = ""
 
-    async def start_server(self, extensions: tuple[str, ...] = ("200", "201", "202")) -> SipServer:
+    async def start_server(
+        self,
+        extensions: tuple[str, ...] = ("200", "201", "202"),
+        applications: dict[str, Application] | None = None,
+    ) -> SipServer:
         config = self.tmp_path / "sipswitch.toml"
         config.write_text(f"{self.extra_config}\n[calls]\nring_timeout = {self.ring_timeout}\n")
         settings = load_settings(config, self.tmp_path / "data")
+        self.settings = settings
         server = SipServer(
             settings,
             out=self.output.append,
             transports=LoopTransports(self.network, SERVER),  # type: ignore[arg-type]
+            applications=applications,
         )
         await server.start()
         existing = {e.number for e in await server.database.extensions.list()}

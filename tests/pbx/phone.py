@@ -75,6 +75,7 @@ class Phone:
         self._cseq = 1
         self.sent: list[ClientTransaction] = []
         self.statuses: list[int] = []  # every response status received, in order
+        self.sdp = SDP  # the session description this phone offers and answers with
         self._call_id = new_call_id(address.host)
         self._tag = new_tag()
 
@@ -178,13 +179,19 @@ class Phone:
         )
         self.layer.send_stateless(ack, self.server)
 
-    async def send_in_dialog(self, dialog: Dialog, method: str, body: bytes = b"") -> Response:
+    async def send_in_dialog(
+        self,
+        dialog: Dialog,
+        method: str,
+        body: bytes = b"",
+        content_type: str = "application/sdp",
+    ) -> Response:
         request = dialog.create_request(
             method,
             self.address.host,
             self.address.port,
             body=body,
-            content_type="application/sdp" if body else None,
+            content_type=content_type if body else None,
         )
         request.headers.add("Contact", self.contact)
         return await self._send(request)
@@ -205,6 +212,10 @@ class Phone:
             return
         self.in_dialog.put_nowait(request)
         response = make_response(request, 200)
+        if request.method == "INVITE":  # a re-INVITE: answer its offer with our media
+            response.headers.add("Contact", self.contact)
+            response.headers.add("Content-Type", "application/sdp")
+            response.body = self.sdp
         txn.respond(response)
 
     def _cancelled(self, call: IncomingCall) -> None:
@@ -216,6 +227,6 @@ class Phone:
         if 200 <= status < 300:
             response.headers.add("Contact", self.contact)
             response.headers.add("Content-Type", "application/sdp")
-            response.body = SDP
+            response.body = self.sdp
             call.dialog = Dialog.as_uas(call.request, call.tag, self.server)
         call.txn.respond(response)

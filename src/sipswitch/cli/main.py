@@ -201,15 +201,11 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log.level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        server: Any = importlib.import_module("sipswitch.pbx.server")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("sipswitch.pbx.server", "sipswitch.pbx"):
-            raise
-        raise CommandError("this build has no server (sipswitch.pbx.server is missing)") from None
+    # Imported here: the other commands need none of the server's modules.
+    app: Any = importlib.import_module("sipswitch.app")
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            code = runner.run(server.serve(settings))
+            code = runner.run(app.serve(settings))
     except KeyboardInterrupt:
         return 130
     return int(code or 0)

@@ -178,6 +178,21 @@ class IvrSettings(Section):
         return value
 
 
+class MediaSettings(Section):
+    """RTP for calls the server answers itself (IVR prompts, voicemail)."""
+
+    rtp_port_min: Annotated[int, Field(ge=1024, le=65534)] = 10000
+    rtp_port_max: Annotated[int, Field(ge=1025, le=65535)] = 20000
+
+    @field_validator("rtp_port_max")
+    @classmethod
+    def _range(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("rtp_port_min")
+        if low is not None and value - low < 2:
+            raise ValueError("the RTP port range needs at least one even/odd pair")
+        return value
+
+
 class DatabaseSettings(Section):
     url: str = ""
 
@@ -320,6 +335,7 @@ class Settings(Section):
     log: LogSettings = Field(default_factory=LogSettings)
     tls: TlsSettings | None = None  # no [tls] table: TLS is off
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     groups: list[GroupSettings] = Field(default_factory=list)
     dialplan: list[DialRule] = Field(default_factory=list)
     lists: ListSettings = Field(default_factory=ListSettings)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.routing import GroupSettings
+from ..media.ports import PortAllocator
 from ..sip.clock import TimerHandle
 from ..sip.dialog import Dialog, new_call_id
 from ..sip.errors import SipError
@@ -28,11 +29,20 @@ from ..sip.transaction import ClientTransaction, ServerTransaction, new_branch, 
 from ..sip.transport.base import Address
 from ..sip.uri import SipUri, format_host, parse_uri
 from ..store import Binding, CdrRecord, Extension, ExtensionStore
+from .application import Application, ApplicationCall, ApplicationError
 from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore
 from .limits import CallLimits
 from .location import LocationService
-from .routing import Destination, Reject, Router, ToExtension, ToGroup, ToTrunk
+from .routing import (
+    Destination,
+    Reject,
+    Router,
+    ToApplication,
+    ToExtension,
+    ToGroup,
+    ToTrunk,
+)
 
 log = logging.getLogger("sipswitch.calls")
 
@@ -42,6 +52,7 @@ _RELAYED_REQUEST_HEADERS = ("Event", "Subscription-State", "Info-Package", "Subj
 _MEDIA_TYPES = ("application/sdp", "multipart/mixed")
 _FEATURE_CODE = re.compile(r"\*(9[0-3])(?:\*([0-9]{1,32}))?#?")
 _FEATURE_KINDS = {"93": "always", "90": "busy", "92": "no_answer", "91": "unreachable"}
+VOICEMAIL_ACCESS_CODE = "*97"
 
 
 @dataclass(slots=True)
@@ -233,6 +244,9 @@ class Call:
         self.final_status = 0
         self.max_forwards = 69
         self.duration_timer: TimerHandle | None = None
+        self.application: ApplicationCall | None = None
+        self.server_sdp: bytes | None = None  # our answer when the server took the call
+        self.ring_timeout_override: float | None = None
         # CSeq of the last INVITE relayed to the callee/caller, for relaying its ACK.
         self.pending_ack_cseq: dict[int, int] = {}
         txn.on_cancel = self.on_caller_cancel
@@ -252,7 +266,7 @@ class Call:
     def route(self, destination: Destination, chain: tuple[str, ...], fallback: int) -> None:
         """Go on to ``destination``; ``chain`` holds the extensions already tried (forwarding
         loops stop there, ending with ``fallback``)."""
-        if self.state != "ringing":
+        if self.state not in ("ringing", "application"):
             return
         match destination:
             case ToExtension(extension):
@@ -263,6 +277,8 @@ class Call:
                 self.finish_unanswered(status, reason=reason)
             case ToTrunk():
                 self.finish_unanswered(503, reason="No trunk is configured")
+            case ToApplication(name, argument):
+                self.manager.start_application(self, name, argument)
 
     def ring_extension(self, extension: Extension, chain: tuple[str, ...], fallback: int) -> None:
         number = extension.number
@@ -281,7 +297,7 @@ class Call:
         if not bindings:
             self.after_extension(extension, chain, Outcome.UNREACHABLE, 480)
             return
-        timeout = self.core.settings.calls.ring_timeout
+        timeout = self.ring_timeout_override or self.core.settings.calls.ring_timeout
         if extension.forward_no_answer and extension.no_answer_timeout:
             timeout = extension.no_answer_timeout
         self.ring(
@@ -302,8 +318,16 @@ class Call:
         }.get(outcome)
         if target:
             self.forward(target, chain, OUTCOME_STATUS.get(outcome, status))
+        elif (
+            extension.voicemail
+            and outcome in (Outcome.BUSY, Outcome.NO_ANSWER, Outcome.UNREACHABLE)
+            and self.application is None
+            and "voicemail" in self.manager.applications
+        ):
+            # Unanswered: the caller leaves a message in the extension's mailbox.
+            self.route(ToApplication("voicemail", extension.number), chain, status)
         else:
-            self.finish_unanswered(OUTCOME_STATUS.get(outcome, status))
+            self.finish_unanswered(OUTCOME_STATUS.get(outcome, status), outcome=outcome)
 
     def forward(self, number: str, chain: tuple[str, ...], fallback: int) -> None:
         """Tell the caller (181) and route ``number`` as if dialled (lists apply no more)."""
@@ -327,7 +351,7 @@ class Call:
             if group.overflow:
                 self.forward(group.overflow, (*chain, group.number), status)
             else:
-                self.finish_unanswered(OUTCOME_STATUS.get(outcome, status))
+                self.finish_unanswered(OUTCOME_STATUS.get(outcome, status), outcome=outcome)
 
         if group.strategy == "ring":
             targets = [
@@ -436,23 +460,76 @@ class Call:
         headers.add("Contact", f"<{core.contact_uri(self.caller.number, destination)}>")
         headers.add("Allow", ALLOW_HEADER)
         headers.add("User-Agent", core.settings.sip.user_agent)
+        if self.application is not None:
+            # Invited without an offer: the callee's offer goes to the caller (RFC 3725 flow I).
+            return Request("INVITE", target, headers)
         for name in _BODY_HEADERS:
             value = original.headers.get(name)
             if value is not None and original.body:
                 headers.add(name, value)
         return Request("INVITE", target, headers, original.body)
 
+    # --- calls held by an application (IVR) ---
+    def server_answered(self, sdp: bytes) -> None:
+        """The server answers the caller itself (an application runs the call)."""
+        inbound = self.inbound
+        inbound.ensure_dialog()
+        self.server_sdp = sdp
+        reply = self.core.build_response(
+            inbound.txn.request,
+            200,
+            to_tag=inbound.tag,
+            body=sdp,
+            headers={"Content-Type": "application/sdp"},
+        )
+        reply.headers.add(
+            "Contact", f"<{self.core.contact_uri(self.callee.number, inbound.source)}>"
+        )
+        reply.headers.add("Allow", ALLOW_HEADER)
+        inbound.txn.respond(reply)
+        self.state = "application"
+        self.answer_time = self.core.clock.wall()
+        self.final_status = 200
+
+    def place_callto(self, number: str, ring_timeout: float | None) -> None:
+        """Ring ``number`` for the application; it hears the outcome via ``callto_finished``."""
+        self.ring_timeout_override = ring_timeout
+        route = self.manager.router.resolve(number)
+        destination = route.destination
+        if isinstance(destination, ToApplication):
+            destination = Reject(404, "Not Found")
+        self.route(destination, (), 404)
+
+    def joined_by_application(self, leg: OutboundLeg) -> None:
+        self.state = "answered"
+        self._limit_duration(leg.number)
+        log.info("call %s joined to %s", self.call_id, leg.number)
+
+    def end_application(self, side: str) -> None:
+        """The caller left while an application held the call."""
+        if self.state == "ended":
+            return
+        self._stop_attempt()
+        txn = self.inbound.txn
+        if txn.last_response is None or txn.last_response.status < 200:
+            self.inbound.ensure_dialog()
+            self.core.respond(txn, 487, to_tag=self.inbound.tag)
+            self.final_status = 487
+        self.state = "ended"
+        self._end(side)
+
     # --- responses from the callee's contacts ---
     def on_outbound_response(self, leg: OutboundLeg, response: Response) -> None:
         status = response.status
         current = leg.attempt is self.attempt and not leg.attempt.over
         if status < 200:
-            if status == 100 or self.state != "ringing" or not current:
+            if status == 100 or self.state not in ("ringing", "application") or not current:
                 return
             leg.attempt.rang = True
             if response.to.tag and leg.dialog is None:
                 leg.dialog = Dialog.as_uac(leg.request, response, leg.destination)
-            self._relay_provisional(response)
+            if self.application is None or not self.application.answered:
+                self._relay_provisional(response)
             return
         if status < 300:
             self._on_outbound_answer(leg, response)
@@ -486,9 +563,25 @@ class Call:
             return
         dialog = Dialog.as_uac(leg.request, response, leg.destination)
         attempt = leg.attempt
-        if self.answered is not None or self.state != "ringing" or attempt is not self.attempt:
+        ringing = self.state in ("ringing", "application")
+        if self.answered is not None or not ringing or attempt is not self.attempt:
             # Another contact answered first (or the caller gave up): acknowledge and hang up.
             self._ack_and_bye(leg, dialog)
+            return
+        if self.application is not None and self.application.answered:
+            leg.final_status = response.status
+            leg.dialog = dialog
+            self.manager.register_dialog(dialog, leg)
+            self.answered = leg
+            self.final_status = response.status
+            attempt.cancel_forks(keep=leg)
+            attempt.over = True
+            if attempt.timer is not None:
+                attempt.timer.cancel()
+            for number in attempt.members:
+                if number != leg.number:
+                    self.manager.limits.leave(self, number)
+            self.application.join(leg, response)
             return
         leg.final_status = response.status
         leg.dialog = dialog
@@ -551,7 +644,9 @@ class Call:
         leg.final_status = status
         attempt = leg.attempt
         attempt.failures.append(status)
-        if attempt.over or attempt is not self.attempt or self.state != "ringing":
+        if attempt.over or attempt is not self.attempt:
+            return
+        if self.state not in ("ringing", "application"):
             return
         if all(f.final_status is not None for f in attempt.forks):
             attempt.finish(*attempt.classify())
@@ -561,11 +656,16 @@ class Call:
         if self.state != "ringing":
             return
         self._stop_attempt()
+        if self.application is not None:
+            self.application.hang_up_locally("caller")
+            return
         self.finish_unanswered(487, hangup_side="caller")
 
     def on_ring_timeout(self, attempt: Attempt) -> None:
         attempt.timer = None
-        if self.state != "ringing" or attempt is not self.attempt or attempt.over:
+        if self.state not in ("ringing", "application"):
+            return
+        if attempt is not self.attempt or attempt.over:
             return
         attempt.cancel_forks()
         attempt.finish(Outcome.NO_ANSWER, 408)
@@ -585,11 +685,21 @@ class Call:
                 attempt.timer = None
 
     def finish_unanswered(
-        self, status: int, hangup_side: str = "callee", reason: str | None = None
+        self,
+        status: int,
+        hangup_side: str = "callee",
+        reason: str | None = None,
+        outcome: Outcome | None = None,
     ) -> None:
         if self.state == "ended":
             return
         self._stop_attempt()
+        if self.application is not None and hangup_side == "callee":
+            # A callto from an application ended: the application decides what follows.
+            self.state = "application" if self.application.answered else "ringing"
+            found = outcome or _outcome_of(status)
+            if self.application.callto_finished(found):
+                return
         self.state = "ended"
         self.final_status = status
         txn = self.inbound.txn
@@ -608,6 +718,17 @@ class Call:
     ) -> None:
         mine = leg.dialog
         if mine is None:
+            return
+        if self.state == "application" and self.application is not None:
+            if leg is self.inbound:
+                if request.method == "ACK" or txn is None:
+                    return
+                if not mine.accept_remote_cseq(request.cseq.number):
+                    self.core.respond(txn, 500, "CSeq out of order", to_tag=mine.local_tag)
+                    return
+                self.application.caller_request(request, txn)
+            elif txn is not None:
+                self.core.respond(txn, 491, to_tag=mine.local_tag)
             return
         other = self._other(leg)
         if request.method == "ACK":
@@ -693,6 +814,10 @@ class Call:
         """End an answered call: send BYE to every leg but ``origin``."""
         if self.state == "ended":
             return
+        if self.application is not None:
+            self._stop_attempt()
+            self.application.close_media()
+            self.application.ended.set()
         for leg in (self.inbound, self.answered):
             if leg is None or leg is origin or leg.dialog is None:
                 continue
@@ -755,6 +880,18 @@ class Call:
         )
 
 
+def _outcome_of(status: int) -> Outcome:
+    if status in (486, 600):
+        return Outcome.BUSY
+    if status in (603, 403):
+        return Outcome.REJECT
+    if status == 408:
+        return Outcome.NO_ANSWER
+    if status in (404, 410, 480, 484, 503, 604):
+        return Outcome.UNREACHABLE
+    return Outcome.FAILURE
+
+
 def _disposition(status: int, answered: bool) -> str:
     if answered:
         return "ANSWERED"
@@ -787,6 +924,9 @@ class CallManager:
         self.directory = router.directory
         self.store = store
         self._hunt_positions: dict[str, int] = {}
+        self.applications: dict[str, Application] = {}
+        media = core.settings.media
+        self.ports = PortAllocator(media.rtp_port_min, media.rtp_port_max)
         self.calls: set[Call] = set()
         self._dialogs: dict[tuple[str, str], InboundLeg | OutboundLeg] = {}
         self._dialog_keys: dict[int, list[tuple[str, str]]] = {}
@@ -871,6 +1011,8 @@ class CallManager:
             return
         route = self.router.resolve(number, caller_ext.number)
         destination = route.destination
+        if number == VOICEMAIL_ACCESS_CODE:
+            destination = ToApplication("voicemail-access", caller_ext.number)
         if isinstance(destination, Reject):
             core.respond(txn, destination.status, destination.reason)
             return
@@ -917,6 +1059,63 @@ class CallManager:
         self.core.respond(txn, 480, reason)
         return True
 
+    def start_application(self, call: Call, name: str, argument: str) -> None:
+        """Hand the call to an application (it answers, plays, collects digits, calls on)."""
+        application = self.applications.get(name)
+        if application is None or call.application is not None:
+            call.finish_unanswered(404, reason="Not Found")
+            return
+        session = ApplicationCall(call, self.ports)
+        call.application = session
+        self.core.spawn(self._run_application(application, session, argument))
+
+    async def _run_application(
+        self, application: Application, session: ApplicationCall, argument: str
+    ) -> None:
+        call = session.call
+        try:
+            await application.run(session, argument)
+        except ApplicationError as exc:
+            call.finish_unanswered(exc.status, hangup_side="system", reason=exc.reason)
+        except Exception:
+            log.exception("application %s failed on call %s", argument, call.call_id)
+        finally:
+            if call.state in ("ringing", "application"):
+                await session.hangup()
+            session.close_media()
+
+    def notify_message_waiting(self, number: str, new: int, old: int) -> None:
+        """Tell the extension's phones how many voicemail messages wait (RFC 3842, an
+        unsolicited NOTIFY to every registered contact)."""
+        core = self.core
+        body = (
+            f"Messages-Waiting: {'yes' if new else 'no'}\r\n"
+            f"Message-Account: sip:{number}@{core.settings.sip.domain or 'localhost'}\r\n"
+            f"Voice-Message: {new}/{old} (0/0)\r\n"
+        ).encode()
+        for binding in self.location.lookup(number):
+            destination = Address(binding.transport, binding.source_host, binding.source_port)
+            target = parse_uri(binding.contact_uri)
+            host, port = core.local_address(destination)
+            headers = Headers()
+            headers.add(
+                "Via",
+                f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
+                f";branch={new_branch()};rport",
+            )
+            headers.add("Max-Forwards", "70")
+            headers.add("From", f"<sip:{number}@{format_host(host)}>;tag={new_tag()}")
+            headers.add("To", f"<sip:{number}@{format_host(host)}>")
+            headers.add("Call-ID", new_call_id(host))
+            headers.add("CSeq", "1 NOTIFY")
+            headers.add("Contact", f"<{core.contact_uri(number, destination)}>")
+            headers.add("Event", "message-summary")
+            headers.add("Subscription-State", "active")
+            headers.add("Content-Type", "application/simple-message-summary")
+            core.transactions.send_request(
+                Request("NOTIFY", target, headers, body), destination, _IGNORE
+            )
+
     def next_hunt_position(self, group: str) -> int:
         return self._hunt_positions.get(group, 0)
 
@@ -927,6 +1126,8 @@ class CallManager:
     def hangup_all(self) -> None:
         for call in list(self.calls):
             if call.state == "answered":
+                call.hangup(None, "system")
+            elif call.state == "application":
                 call.hangup(None, "system")
             elif call.state == "ringing":
                 call.finish_unanswered(503, hangup_side="system")

@@ -40,7 +40,16 @@ class ToTrunk:
     number: str
 
 
-Destination = ToExtension | ToGroup | Reject | ToTrunk
+@dataclass(frozen=True, slots=True)
+class ToApplication:
+    """A number served by the server itself: ``name`` is the application ("ivr"), ``argument``
+    what it runs (a script file)."""
+
+    name: str
+    argument: str
+
+
+Destination = ToExtension | ToGroup | Reject | ToTrunk | ToApplication
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +68,10 @@ class Router:
         groups: list[GroupSettings],
         dialplan: list[DialRule],
         lists: ListSettings,
+        applications: dict[str, ToApplication] | None = None,
     ) -> None:
         self.directory = directory
+        self.applications = applications or {}
         self.groups = {group.number: group for group in groups}
         # Longest prefix first; among equal prefixes, the order written.
         self.rules = sorted(dialplan, key=lambda rule: -len(rule.prefix))
@@ -98,7 +109,7 @@ class Router:
         group = self.groups.get(number)
         if group is not None:
             return ToGroup(group)
-        return None
+        return self.applications.get(number)
 
     def _apply(self, rule: DialRule, number: str) -> Route:
         rewritten = rule.prepend + number[rule.strip :]
@@ -124,4 +135,6 @@ class Router:
                 what = f"trunk {trunk} dialling {number}"
             case Reject(status, reason):
                 what = f"reject {status} {reason}"
+            case ToApplication(name, argument):
+                what = f"{name} {argument}"
         return f"{route.number}: {what} ({how})"

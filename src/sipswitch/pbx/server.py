@@ -26,13 +26,14 @@ from ..sip.transport.certs import (
 from ..sip.transport.manager import TransportManager
 from ..sip.transport.tls import TlsTransport
 from ..store import Database, seed_default_extensions
+from .application import Application
 from .b2bua import CallManager
 from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore, log
 from .directory import ExtensionDirectory
 from .location import LocationService
 from .registrar import Registrar
-from .routing import Router
+from .routing import Router, ToApplication
 from .security import SecurityGate
 
 SHUTDOWN_GRACE = 3.0
@@ -48,8 +49,10 @@ class SipServer:
         settings: Settings,
         out: Callable[[str], None] = print,
         transports: TransportManager | None = None,
+        applications: dict[str, Application] | None = None,
     ) -> None:
         self.settings = settings
+        self.applications = applications or {}
         self.out = out
         self.database = Database.from_settings(settings)
         self.transports = transports
@@ -87,8 +90,12 @@ class SipServer:
         core = PbxCore(settings, clock, self.transports, directory)
         self.core = core
         registrar = Registrar(core, self.location)
-        router = Router(directory, settings.groups, settings.dialplan, settings.lists)
+        served = {
+            number: ToApplication("ivr", script) for number, script in settings.ivr.numbers.items()
+        }
+        router = Router(directory, settings.groups, settings.dialplan, settings.lists, served)
         self.calls = CallManager(core, self.location, self.cdr, router, self.database.extensions)
+        self.calls.applications.update(self.applications)
         core.dialogs = self.calls
         core.handlers = {
             "REGISTER": registrar.handle,
@@ -183,9 +190,9 @@ class SipServer:
         await self.database.close()
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, applications: dict[str, Application] | None = None) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
-    server = SipServer(settings)
+    server = SipServer(settings, applications=applications)
     try:
         await server.start()
     except (OSError, CertificateError) as exc:

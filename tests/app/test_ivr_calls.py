@@ -1,0 +1,125 @@
+"""IVR flows on real calls: the server answers with RTP, digits arrive as SIP INFO, and callto
+joins the caller to an extension (busy goes on to the next one), over the loop transport for SIP
+and real UDP on loopback for the media."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from sipswitch.app import IvrApplication
+from sipswitch.media.rtp import RtpPacket
+from sipswitch.sdp.model import parse as parse_sdp
+from tests.pbx.conftest import Lab
+from tests.pbx.phone import Phone
+
+SCRIPT = """<?xml version="1.0" encoding="utf-8"?>
+<mssxml version="1">
+  <action name="menu" method="getdtmf">
+    <voice>welcome</voice>
+    <maxdigits>3</maxdigits>
+    <timeout>5</timeout>
+    <retries>0</retries>
+    <match-digits>
+      <match pattern="2XX" nextaction="dial"/>
+    </match-digits>
+  </action>
+  <action name="dial" method="callto">
+    <destination>${dtmf}</destination>
+    <monitor-events>
+      <monitor-event detection="busy" nextaction="second"/>
+    </monitor-events>
+  </action>
+  <action name="second" method="callto">
+    <destination>202</destination>
+  </action>
+</mssxml>
+"""
+
+
+def _sdp_for(port: int) -> bytes:
+    return (
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
+    ).encode()
+
+
+async def _registered(lab: Lab, number: str) -> Phone:
+    phone = lab.phone(number)
+    assert (await phone.register()).status == 200
+    return phone
+
+
+@pytest.fixture
+def rtp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+async def test_menu_callto_busy_then_next(lab: Lab, rtp_socket: socket.socket) -> None:
+    lab.extra_config = '[ivr.numbers]\n"801" = "menu.xml"\n'
+    lab.ring_timeout = 5
+    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
+    (lab.tmp_path / "data" / "xml" / "menu.xml").write_text(SCRIPT)
+    # Load the settings once to build the application with them.
+    await lab.start_server(applications={})
+    await lab.stop_server()
+    ivr = IvrApplication(lab.settings)
+    ivr.start()
+    try:
+        await lab.start_server(applications={"ivr": ivr})
+        alice = await _registered(lab, "200")
+        bob = await _registered(lab, "201")
+        carol = await _registered(lab, "202")
+        bob.answer = 486
+        port = rtp_socket.getsockname()[1]
+        alice.sdp = _sdp_for(port)
+        response, dialog = await alice.call("801", body=alice.sdp)
+        assert response.status == 200 and dialog is not None
+        answer = parse_sdp(response.body)
+        assert answer.media[0].port > 0
+        # The welcome prompt arrives as paced PCMU packets.
+        loop = asyncio.get_running_loop()
+        packets = []
+        for _ in range(10):
+            data = await asyncio.wait_for(loop.sock_recv(rtp_socket, 2048), 2)
+            packets.append(RtpPacket.parse(data))
+        assert {p.payload_type for p in packets} == {0}
+        assert [b.sequence - a.sequence for a, b in zip(packets, packets[1:], strict=False)] == [
+            1
+        ] * 9
+        for digit in "201":
+            info = await alice.send_in_dialog(
+                dialog,
+                "INFO",
+                f"Signal={digit}\r\nDuration=160\r\n".encode(),
+                content_type="application/dtmf-relay",
+            )
+            assert info.status == 200
+        # 201 is busy, so the flow calls 202, which answers: the caller is re-INVITEd with
+        # 202's media and the two are joined.
+        reinvite = await asyncio.wait_for(_next_method(alice, "INVITE"), 5)
+        assert reinvite.body  # carol's offer
+        assert bob.calls and carol.calls
+        carol_call = next(iter(carol.calls.values()))
+        assert carol_call.request.body == b""  # invited without an offer
+        ack = await asyncio.wait_for(_next_method(carol, "ACK"), 5)
+        assert ack.body == alice.sdp  # the caller's answer reaches the callee
+        bye = await alice.send_in_dialog(dialog, "BYE")
+        assert bye.status == 200
+        assert (await asyncio.wait_for(_next_method(carol, "BYE"), 5)).method == "BYE"
+    finally:
+        ivr.stop()
+
+
+async def _next_method(phone: Phone, method: str) -> object:
+    while True:
+        request = await phone.in_dialog.get()
+        if request.method == method:  # type: ignore[attr-defined]
+            return request
