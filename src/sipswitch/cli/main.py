@@ -130,6 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS|none",
         help="ring this long before forwarding on no answer",
     )
+    mailbox = change.add_mutually_exclusive_group()
+    mailbox.add_argument(
+        "--voicemail",
+        dest="voicemail",
+        action="store_const",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="send unanswered calls to the mailbox",
+    )
+    mailbox.add_argument(
+        "--no-voicemail",
+        dest="voicemail",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+    )
+    change.add_argument(
+        "--voicemail-pin",
+        dest="voicemail_pin",
+        type=_optional_text,
+        default=argparse.SUPPRESS,
+        metavar="DIGITS|none",
+        help="PIN asked before listening",
+    )
     change.add_argument(
         "--max-duration",
         dest="max_call_duration",
@@ -323,11 +347,14 @@ def _ext_set(args: argparse.Namespace) -> int:
         changes["max_outgoing_calls"] = args.max_outgoing
     if args.enabled is not None:
         changes["enabled"] = args.enabled
-    for feature in (
+    features = (
         *(f"forward_{k}" for k in FORWARD_KINDS),
         "no_answer_timeout",
         "max_call_duration",
-    ):
+        "voicemail",
+        "voicemail_pin",
+    )
+    for feature in features:
         if hasattr(args, feature):
             changes[feature] = getattr(args, feature)
     if not changes:
