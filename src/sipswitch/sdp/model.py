@@ -59,6 +59,20 @@ _RTPMAP_RE = re.compile(r"([0-9]{1,3}) +([^/ ]+)/([0-9]{1,10})(?:/([0-9]{1,3}))?
 _HOST_RE = re.compile(r"[A-Za-z0-9.\-:_]+")
 
 
+def _first_value(attributes: list[Attribute], name: str) -> str | None:
+    for attr in attributes:
+        if attr.name == name:
+            return "" if attr.value is None else attr.value
+    return None
+
+
+def _direction(attributes: list[Attribute]) -> str | None:
+    for attr in attributes:
+        if attr.name in DIRECTIONS and attr.value is None:
+            return attr.name
+    return None
+
+
 @dataclass(slots=True)
 class Connection:
     """A ``c=`` line: ``IN IP4 192.0.2.1`` (a multicast ``/ttl/count`` suffix is kept in
@@ -139,10 +153,7 @@ class MediaDescription:
 
     def attribute(self, name: str) -> str | None:
         """The value of the first attribute with this name ('' for a flag), or None."""
-        for attr in self.attributes:
-            if attr.name == name:
-                return "" if attr.value is None else attr.value
-        return None
+        return _first_value(self.attributes, name)
 
     def attributes_named(self, name: str) -> list[str]:
         return [a.value or "" for a in self.attributes if a.name == name]
@@ -153,10 +164,7 @@ class MediaDescription:
     @property
     def direction(self) -> str | None:
         """The section's own direction attribute, or None (then the session's applies)."""
-        for attr in self.attributes:
-            if attr.name in DIRECTIONS and attr.value is None:
-                return attr.name
-        return None
+        return _direction(self.attributes)
 
     def set_direction(self, direction: str) -> None:
         if direction not in DIRECTIONS:
@@ -240,17 +248,11 @@ class SessionDescription:
     version: int = 0
 
     def attribute(self, name: str) -> str | None:
-        for attr in self.attributes:
-            if attr.name == name:
-                return "" if attr.value is None else attr.value
-        return None
+        return _first_value(self.attributes, name)
 
     @property
     def direction(self) -> str | None:
-        for attr in self.attributes:
-            if attr.name in DIRECTIONS and attr.value is None:
-                return attr.name
-        return None
+        return _direction(self.attributes)
 
     def direction_of(self, media: MediaDescription) -> str:
         """The effective direction of a media section (its own, else the session's, else

@@ -83,6 +83,21 @@ def _new_session_id() -> str:
     return str(secrets.randbelow(2**62) + 1)
 
 
+def _description(
+    address: str, username: str, session_id: str | None, session_version: int
+) -> SessionDescription:
+    """A description with no media yet, received at ``address``."""
+    addr_type = _addr_type(address)
+    return SessionDescription(
+        origin=Origin(
+            username, session_id or _new_session_id(), session_version, "IN", addr_type, address
+        ),
+        name="-",
+        connection=Connection(address, addr_type),
+        extra=[("t", "0 0")],
+    )
+
+
 def _is_usable_audio(media: MediaDescription) -> bool:
     return media.media == "audio" and media.port != 0 and media.proto in RTP_PROTOS
 
@@ -146,19 +161,7 @@ def answer(
     names = _check_codecs(codecs)
     if direction not in _REVERSE:
         raise ValueError(f"not an SDP direction: {direction!r}")
-    result = SessionDescription(
-        origin=Origin(
-            username,
-            session_id or _new_session_id(),
-            session_version,
-            "IN",
-            _addr_type(address),
-            address,
-        ),
-        name="-",
-        connection=Connection(address, _addr_type(address)),
-        extra=[("t", "0 0")],
-    )
+    result = _description(address, username, session_id, session_version)
     choice: AudioChoice | None = None
     for index, media in enumerate(offer.media):
         codec = _find_codec(media, names) if _is_usable_audio(media) else None
@@ -233,20 +236,9 @@ def make_offer(
         attributes.append(Attribute("fmtp", f"{telephone_event_pt} {DEFAULT_EVENTS}"))
     attributes.append(Attribute("ptime", str(ptime)))
     attributes.append(Attribute(direction))
-    return SessionDescription(
-        origin=Origin(
-            username,
-            session_id or _new_session_id(),
-            session_version,
-            "IN",
-            _addr_type(address),
-            address,
-        ),
-        name="-",
-        connection=Connection(address, _addr_type(address)),
-        media=[MediaDescription("audio", port, "RTP/AVP", formats, attributes=attributes)],
-        extra=[("t", "0 0")],
-    )
+    result = _description(address, username, session_id, session_version)
+    result.media.append(MediaDescription("audio", port, "RTP/AVP", formats, attributes=attributes))
+    return result
 
 
 def accept_answer(offer: SessionDescription, answer_sdp: SessionDescription) -> AudioChoice:
