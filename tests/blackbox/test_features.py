@@ -1,0 +1,120 @@
+"""Forwarding and groups, driven by SIPp against the running server: the caller is a SIPp
+UAC, every callee a SIPp UAS registered for its extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import ServerFactory, UasFactory
+from .harness import SipswitchServer, server_missing
+from .sipp import SippResult, run_sipp
+
+pytestmark = [
+    pytest.mark.blackbox,
+    pytest.mark.skipif(server_missing(), reason="sipswitch.pbx.server does not exist yet"),
+]
+
+GROUPS = """
+[[groups]]
+number = "600"
+strategy = "ring"
+members = ["201", "202"]
+ring_timeout = 10
+
+[[groups]]
+number = "610"
+strategy = "linear"
+members = ["201", "202"]
+ring_timeout = 5
+"""
+
+
+def _server(
+    factory: ServerFactory, *settings: tuple[str, ...], **options: object
+) -> SipswitchServer:
+    server = factory(start=False, **options)
+    for args in settings:
+        result = server.cli("ext", "set", *args)
+        assert result.returncode == 0, result.stderr
+    server.start()
+    return server
+
+
+def _call(server: SipswitchServer, number: str, workdir: Path) -> SippResult:
+    return run_sipp(
+        "uac_call_forwarded",
+        server.remote,
+        workdir,
+        service=number,
+        users=[("200", server.users["200"])],
+        timeout_s=60,
+        name=f"call-{number}",
+    )
+
+
+def test_forward_always(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    server = _server(sipswitch_server, ("201", "--forward-always", "202"))
+    target = sipp_uas(server, "202", "uas_answer")
+    caller = _call(server, "201", tmp_path)
+    assert caller.ok, caller.describe()
+    assert target.wait(timeout_s=30).ok
+
+
+def test_forward_on_busy(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    server = _server(sipswitch_server, ("201", "--forward-busy", "202"))
+    busy = sipp_uas(server, "201", "uas_busy")
+    target = sipp_uas(server, "202", "uas_answer")
+    caller = _call(server, "201", tmp_path)
+    assert caller.ok, caller.describe()
+    assert busy.wait(timeout_s=30).ok and target.wait(timeout_s=30).ok
+
+
+def test_forward_on_no_answer(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    server = _server(
+        sipswitch_server, ("201", "--forward-no-answer", "202", "--no-answer-timeout", "5")
+    )
+    ringing = sipp_uas(server, "201", "uas_ring")  # cancelled after 5 s
+    target = sipp_uas(server, "202", "uas_answer")
+    caller = _call(server, "201", tmp_path)
+    assert caller.ok, caller.describe()
+    assert ringing.wait(timeout_s=30).ok and target.wait(timeout_s=30).ok
+
+
+def test_forward_when_unreachable(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    server = _server(sipswitch_server, ("201", "--forward-unreachable", "202"))
+    target = sipp_uas(server, "202", "uas_answer")  # 201 is not registered
+    caller = _call(server, "201", tmp_path)
+    assert caller.ok, caller.describe()
+    assert target.wait(timeout_s=30).ok
+
+
+def test_ring_group_first_answer_wins(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    server = _server(sipswitch_server, extra_config=GROUPS)
+    ringing = sipp_uas(server, "201", "uas_ring")  # gets the CANCEL when 202 answers
+    target = sipp_uas(server, "202", "uas_answer")
+    caller = _call(server, "600", tmp_path)
+    assert caller.ok, caller.describe()
+    assert ringing.wait(timeout_s=30).ok and target.wait(timeout_s=30).ok
+
+
+def test_linear_hunt_group_moves_on_from_busy(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    server = _server(sipswitch_server, extra_config=GROUPS)
+    busy = sipp_uas(server, "201", "uas_busy")
+    target = sipp_uas(server, "202", "uas_answer")
+    caller = _call(server, "610", tmp_path)
+    assert caller.ok, caller.describe()
+    assert busy.wait(timeout_s=30).ok and target.wait(timeout_s=30).ok
