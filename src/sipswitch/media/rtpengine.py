@@ -19,9 +19,10 @@ import secrets
 import shutil
 import signal
 import socket
-from collections import deque
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from ..sdp.model import SdpError, SessionDescription
@@ -679,7 +680,9 @@ class RtpEngineDaemon:
     with no configuration file so that only the listeners given here are opened.
 
     ``interfaces`` are rtpengine ``--interface`` values (``ADDR``, ``NAME/ADDR`` or
-    ``NAME/ADDR!ADVERTISED``); ``ng_port`` 0 picks a free port.
+    ``NAME/ADDR!ADVERTISED``); ``ng_port`` 0 picks a free port. Its log goes to ``log_path``
+    (a temporary file by default, removed by ``stop``): a file never fills up and stalls the
+    engine the way an unread pipe would.
     """
 
     interfaces: Sequence[str] = ("127.0.0.1",)
@@ -693,9 +696,9 @@ class RtpEngineDaemon:
     endpoint_learning: str = "immediate"
     extra_args: Sequence[str] = ()
     startup_timeout: float = 15.0
-    log_lines: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    log_path: Path | None = None
     process: asyncio.subprocess.Process | None = None
-    _reader: asyncio.Task[None] | None = None
+    _own_log: bool = False
 
     @staticmethod
     def available(binary: str = "rtpengine") -> str | None:
@@ -726,50 +729,54 @@ class RtpEngineDaemon:
         return args
 
     async def start(self) -> None:
-        """Start it and wait for ``Startup complete``. Raises ``RuntimeError`` (with its last
-        log lines) when it exits or does not get there within ``startup_timeout``."""
+        """Start it and wait for ``Startup complete`` in its log. Raises ``RuntimeError`` (with
+        its last log lines) when it exits or does not get there within ``startup_timeout``."""
         if self.ng_port == 0:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind((self.ng_host, 0))
                 self.ng_port = int(sock.getsockname()[1])
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        ready = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.get_running_loop().create_task(self._read(ready))
-        try:
-            await asyncio.wait_for(asyncio.shield(ready), self.startup_timeout)
-        except TimeoutError:
-            await self.stop()
-            raise RuntimeError(
-                f"rtpengine did not start in {self.startup_timeout:g} s:\n" + self.log_tail()
-            ) from None
-        if not ready.result():
-            await self.stop()
-            raise RuntimeError("rtpengine exited while starting:\n" + self.log_tail())
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="rtpengine-", suffix=".log")
+            os.close(handle)
+            self.log_path, self._own_log = Path(name), True
+        with open(self.log_path, "ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout
+        while "Startup complete" not in self._read_log():
+            if self.process.returncode is not None:
+                tail = self.log_tail()
+                await self.stop()
+                raise RuntimeError("rtpengine exited while starting:\n" + tail)
+            if loop.time() > deadline:
+                tail = self.log_tail()
+                await self.stop()
+                raise RuntimeError(
+                    f"rtpengine did not start in {self.startup_timeout:g} s:\n" + tail
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 0.05)
 
-    async def _read(self, ready: asyncio.Future[bool]) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        stream = self.process.stderr
+    def _read_log(self, limit: int = 1 << 20) -> str:
+        if self.log_path is None:
+            return ""
         try:
-            while True:
-                line = await stream.readline()
-                if not line:
-                    break
-                text = line.decode("utf-8", "replace").rstrip()
-                self.log_lines.append(text)
-                if not ready.done() and "Startup complete" in text:
-                    ready.set_result(True)
-        finally:
-            if not ready.done():
-                ready.set_result(False)
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(0, os.SEEK_END)
+                size = log_file.tell()
+                log_file.seek(max(0, size - limit))
+                return log_file.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(list(self.log_lines)[-lines:])
+        return "\n".join(self._read_log(64 * 1024).splitlines()[-lines:])
 
     @property
     def ng_address(self) -> tuple[str, int]:
@@ -780,7 +787,7 @@ class RtpEngineDaemon:
         return self.process is not None and self.process.returncode is None
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; removes its own log file."""
         process = self.process
         if process is not None and process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -791,10 +798,10 @@ class RtpEngineDaemon:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 5.0)
-            self._reader = None
+        if self._own_log and self.log_path is not None:
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+            self.log_path, self._own_log = None, False
 
 
 __all__ = [
