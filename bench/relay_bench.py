@@ -260,7 +260,7 @@ class Generators:
 
     def pairs(self) -> list[tuple[tuple[str, int], tuple[str, int]]]:
         """(phone A, phone B) addresses of every call, in order."""
-        out = []
+        out: list[tuple[tuple[str, int], tuple[str, int]]] = []
         for addresses in self.addresses:
             out.extend((addresses[2 * i], addresses[2 * i + 1]) for i in range(len(addresses) // 2))
         return out
