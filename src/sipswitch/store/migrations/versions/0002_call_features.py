@@ -1,5 +1,4 @@
-"""Per-extension call features: forwarding targets, no-answer timeout, maximum call duration
-and voicemail.
+"""Per-extension call features: forwarding, timeouts, call duration and voicemail.
 
 Revision ID: 0002
 Revises: 0001
