@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from .relay_control import RelayHost
-from .topology import NatTopology, unavailable
+from .topology import NatTopology, remove_stale, unavailable
 
 
 @pytest.fixture(scope="module")
@@ -16,6 +16,7 @@ def nat() -> Iterator[NatTopology]:
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
+    remove_stale()
     with NatTopology() as topology:
         yield topology
 

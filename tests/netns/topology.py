@@ -66,12 +66,28 @@ def unavailable() -> str | None:
     return None
 
 
+def remove_stale() -> list[str]:
+    """Delete the namespaces of earlier runs whose process is gone (a run killed before its
+    clean-up); returns their names."""
+    removed = []
+    for line in _run(IP, "netns", "list", check=False).splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not name.startswith("ssw") or "x" not in name:
+            continue
+        pid = name[3 : name.index("x")]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _run(IP, "netns", "delete", name, check=False)
+            removed.append(name)
+    return removed
+
+
 @dataclass
 class NatTopology:
     """The namespaces and addresses above. ``create()`` builds them (tearing down what was made
     if a step fails); ``destroy()`` removes them and is safe to call at any time."""
 
-    prefix: str = field(default_factory=lambda: f"ssw{os.getpid() % 100000}{secrets.token_hex(2)}")
+    # Namespace names carry the creating process id, so leftovers of a killed run are known.
+    prefix: str = field(default_factory=lambda: f"ssw{os.getpid()}x{secrets.token_hex(2)}")
     phone: str = "10.200.1.1"
     router_lan: str = "10.200.1.254"
     nat_public: str = "10.200.2.254"  # the NAT's outside address, as the server sees it

@@ -185,7 +185,13 @@ class _Side:
             self.stats.dropped_source += 1
             return False
         host = addr[0]
-        if host in self.expected or (self.strong and host == self.latched[0]):
+        if self.latched is not None:
+            # RTCP comes from the host the leg's RTP comes from.
+            if host != self.latched[0]:
+                self.stats.dropped_source += 1
+                return False
+            self.rtcp_strong = self.strong or host in self.expected
+        elif host in self.expected:
             self.rtcp_strong = True
         elif not self.learn_any or self.latched_rtcp is not None:
             self.stats.dropped_source += 1
