@@ -1,4 +1,5 @@
-"""The composition root: the SIP server with its applications (IVR flows) plugged in.
+"""The composition root: the SIP server with its applications (IVR flows) and its external
+lines and trunks (``trunk.manager.TrunkManager``) plugged in.
 
 ``serve`` is what ``sipswitch serve`` runs. ``SipCallControl`` implements the IVR engine's
 ``CallControl`` over a call the server answered itself (``pbx.application.ApplicationCall``):
@@ -25,6 +26,7 @@ from .media.session import BEEP, MediaSession, PlayResult
 from .pbx import server as pbx_server
 from .pbx.application import Application, ApplicationCall
 from .sip.clock import LoopClock
+from .trunk.manager import TrunkManager
 
 log = logging.getLogger("sipswitch.ivr")
 _T = TypeVar("_T")
@@ -305,6 +307,8 @@ async def serve(settings: Settings) -> int:
         "voicemail-access": VoicemailAccess(settings.data_dir, ivr.prompts),
     }
     try:
-        return await pbx_server.serve(settings, applications=applications)
+        return await pbx_server.serve(
+            settings, applications=applications, trunks=TrunkManager(settings)
+        )
     finally:
         ivr.stop()

@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_ivr_commands(commands, common)
     _add_tls_commands(commands, common)
+    _add_trunk_commands(commands, common)
     return parser
 
 
@@ -548,6 +549,25 @@ def _tls_selfsigned(args: argparse.Namespace) -> int:
     print(f"  SHA-256      {info.fingerprint_sha256}")
     if settings.tls is None:
         print("Add a [tls] section to the settings to serve SIP over TLS with it.")
+    return 0
+
+
+def _add_trunk_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    trunk = commands.add_parser("trunk", parents=[common], help="external lines and SIP trunks")
+    trunk_commands = trunk.add_subparsers(dest="trunk_command", required=True, metavar="ACTION")
+    listing = trunk_commands.add_parser(
+        "list", parents=[common], help="show each trunk's state as the running server reports it"
+    )
+    listing.set_defaults(handler=_trunk_list)
+
+
+def _trunk_list(args: argparse.Namespace) -> int:
+    import time
+
+    from sipswitch.trunk.status import table
+
+    for line in table(_settings(args), time.time()):
+        print(line)
     return 0
 
 

@@ -14,6 +14,7 @@ from pydantic_core import ErrorDetails
 from sipswitch.config.errors import ConfigError, ConfigIssue
 from sipswitch.config.routing import DialRule, GroupSettings, ListSettings, check_unique_numbers
 from sipswitch.config.toml_lines import key_lines, locate
+from sipswitch.config.trunks import TrunkSettings, check_unique_names
 
 DEFAULT_DATA_DIR = Path("data")
 DATABASE_FILE = "sipswitch.db"
@@ -339,6 +340,12 @@ class Settings(Section):
     groups: list[GroupSettings] = Field(default_factory=list)
     dialplan: list[DialRule] = Field(default_factory=list)
     lists: ListSettings = Field(default_factory=ListSettings)
+    trunks: list[TrunkSettings] = Field(default_factory=list)
+
+    @field_validator("trunks")
+    @classmethod
+    def _unique_trunks(cls, value: list[TrunkSettings]) -> list[TrunkSettings]:
+        return check_unique_names(value)
 
     @field_validator("groups")
     @classmethod

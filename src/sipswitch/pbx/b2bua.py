@@ -7,6 +7,13 @@ the first 2xx and cancels the rest, then relays in-dialog requests (BYE, re-INVI
 MESSAGE, ...) between the two dialogs. ``CallManager`` admits new calls and routes in-dialog
 requests to their leg. Later features (limits, forwarding, IVR, trunks, media relay) hook in at
 ``CallManager.place_call`` and at the leg level.
+
+Trunks: a ``ToTrunk`` destination is one ``OutboundLeg`` toward the trunk's address (answering its
+401/407 once with the trunk's credentials), failing over to the next trunk of the route when one
+is down, at its limit or fails with 5xx. INVITEs from a trunk's address (``TrunkService.identify``)
+are taken without digest authentication and routed by called number; they may reach a trunk
+again only when the trunk allows transit. Trunk calls are counted in the profiles
+``trunk:NAME:in`` and ``trunk:NAME:out`` of ``CallLimits``.
 """
 
 from __future__ import annotations
@@ -16,14 +23,16 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..config.routing import GroupSettings
+from ..config.trunks import TrunkSettings
 from ..media.ports import PortAllocator
+from ..sip.auth import build_authorization, choose_challenge
 from ..sip.clock import TimerHandle
 from ..sip.dialog import Dialog, new_call_id
 from ..sip.errors import SipError
-from ..sip.headers import quote
+from ..sip.headers import parse_name_addr, quote
 from ..sip.message import Headers, Request, Response
 from ..sip.transaction import ClientTransaction, ServerTransaction, new_branch, new_tag
 from ..sip.transport.base import Address
@@ -53,6 +62,25 @@ _MEDIA_TYPES = ("application/sdp", "multipart/mixed")
 _FEATURE_CODE = re.compile(r"\*(9[0-3])(?:\*([0-9]{1,32}))?#?")
 _FEATURE_KINDS = {"93": "always", "90": "busy", "92": "no_answer", "91": "unreachable"}
 VOICEMAIL_ACCESS_CODE = "*97"
+# A caller number taken from a trunk's From or P-Asserted-Identity; anything else is anonymous.
+_TRUNK_CALLER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def trunk_profile(name: str, direction: str) -> str:
+    """The ``CallLimits`` profile counting a trunk's calls in one direction ("in" or "out")."""
+    return f"trunk:{name}:{direction}"
+
+
+class TrunkService(Protocol):
+    """What calls need from the trunks (``trunk.manager.TrunkManager``): which trunk a request
+    came from, a trunk's settings by name, and where to send to it (None while it is down)."""
+
+    def identify(self, source: Address) -> TrunkSettings | None: ...
+
+    def lookup(self, name: str) -> TrunkSettings | None: ...
+
+    def destination(self, name: str) -> Address | None: ...
 
 
 @dataclass(slots=True)
@@ -79,23 +107,26 @@ class InboundLeg:
 
 
 class OutboundLeg:
-    """One contact of the callee: sipswitch calls it as a UAC."""
+    """One contact of the callee, or a trunk: sipswitch calls it as a UAC."""
 
     def __init__(
         self,
         call: Call,
-        binding: Binding,
+        binding: Binding | None,
         destination: Address,
         request: Request,
         attempt: Attempt,
         number: str,
+        trunk: TrunkSettings | None = None,
     ) -> None:
         self.call = call
         self.binding = binding
         self.destination = destination
         self.request = request
         self.attempt = attempt
-        self.number = number  # the extension this contact belongs to
+        self.number = number  # the extension this contact belongs to (a trunk: its profile)
+        self.trunk = trunk
+        self.authenticated = False  # a trunk's challenge was answered once already
         self.txn: ClientTransaction | None = None
         self.dialog: Dialog | None = None
         self.final_status: int | None = None
@@ -228,12 +259,14 @@ class Call:
         caller: CallParty,
         callee: CallParty,
         caller_extension: Extension | None = None,
+        trunk: TrunkSettings | None = None,
     ) -> None:
         self.manager = manager
         self.core = manager.core
         self.caller = caller
         self.callee = callee
         self.caller_extension = caller_extension
+        self.trunk_in = trunk  # the trunk the call came from
         self.inbound = InboundLeg(self, txn, source)
         self.forks: list[OutboundLeg] = []
         self.attempt: Attempt | None = None
@@ -276,7 +309,7 @@ class Call:
             case Reject(status, reason):
                 self.finish_unanswered(status, reason=reason)
             case ToTrunk():
-                self.finish_unanswered(503, reason="No trunk is configured")
+                self.ring_trunk(destination)
             case ToApplication(name, argument):
                 self.manager.start_application(self, name, argument)
 
@@ -415,11 +448,7 @@ class Call:
         done: Callable[[Outcome, int], None],
     ) -> None:
         """Ring every (extension number, binding) at once; ``done`` hears how it ended."""
-        members = sorted({number for number, _ in targets})
-        for number in members:
-            self.manager.limits.join(self, number)
-        attempt = Attempt(self, members, done)
-        self.attempt = attempt
+        attempt = Attempt(self, sorted({number for number, _ in targets}), done)
         for number, binding in targets:
             destination = Address(binding.transport, binding.source_host, binding.source_port)
             try:
@@ -427,9 +456,15 @@ class Call:
             except SipError as exc:
                 log.warning("cannot call contact %s: %s", binding.contact_uri, exc.reason)
                 continue
-            leg = OutboundLeg(self, binding, destination, request, attempt, number)
-            attempt.forks.append(leg)
-            self.forks.append(leg)
+            attempt.forks.append(OutboundLeg(self, binding, destination, request, attempt, number))
+        self._start_attempt(attempt, timeout)
+
+    def _start_attempt(self, attempt: Attempt, timeout: float) -> None:
+        """Count the attempt's members as rung, send its INVITEs and start its ring timer."""
+        for number in attempt.members:
+            self.manager.limits.join(self, number)
+        self.attempt = attempt
+        self.forks.extend(attempt.forks)
         if not attempt.forks:
             attempt.finish(Outcome.UNREACHABLE, 480)
             return
@@ -438,13 +473,34 @@ class Call:
             leg.txn = self.core.transactions.send_request(leg.request, leg.destination, leg)
 
     def _fork_request(self, number: str, binding: Binding, destination: Address) -> Request:
-        core = self.core
-        original = self.inbound.txn.request
         target = parse_uri(binding.contact_uri)
         if not isinstance(target, SipUri):
             raise SipError("contact is not a SIP URI")
+        host, _ = self.core.local_address(destination)
+        domain = self.core.settings.sip.domain or format_host(host)
+        return self._invite(
+            target,
+            destination,
+            self.caller.number,
+            self.caller.display,
+            domain,
+            f"<sip:{number}@{domain}>",
+        )
+
+    def _invite(
+        self,
+        target: SipUri,
+        destination: Address,
+        from_user: str,
+        display_name: str,
+        domain: str,
+        to: str,
+    ) -> Request:
+        """A new INVITE toward ``destination`` carrying the caller's offer (none while an
+        application holds the call)."""
+        core = self.core
+        original = self.inbound.txn.request
         host, port = core.local_address(destination)
-        domain = core.settings.sip.domain or format_host(host)
         headers = Headers()
         headers.add(
             "Via",
@@ -452,12 +508,12 @@ class Call:
             f";branch={new_branch()};rport",
         )
         headers.add("Max-Forwards", str(self.max_forwards))
-        display = f"{quote(self.caller.display)} " if self.caller.display else ""
-        headers.add("From", f"{display}<sip:{self.caller.number}@{domain}>;tag={new_tag()}")
-        headers.add("To", f"<sip:{number}@{domain}>")
+        display = f"{quote(display_name)} " if display_name else ""
+        headers.add("From", f"{display}<sip:{from_user}@{domain}>;tag={new_tag()}")
+        headers.add("To", to)
         headers.add("Call-ID", new_call_id(host))
         headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", f"<{core.contact_uri(self.caller.number, destination)}>")
+        headers.add("Contact", f"<{core.contact_uri(from_user, destination)}>")
         headers.add("Allow", ALLOW_HEADER)
         headers.add("User-Agent", core.settings.sip.user_agent)
         if self.application is not None:
@@ -468,6 +524,142 @@ class Call:
             if value is not None and original.body:
                 headers.add(name, value)
         return Request("INVITE", target, headers, original.body)
+
+    # --- trunks ---
+    def ring_trunk(self, target: ToTrunk) -> None:
+        """Call out through ``target``'s trunk, or the first of its fallbacks that can take the
+        call; 503 at once when none can (unknown, down, or at its outgoing limit)."""
+        if self.trunk_in is not None and not self.trunk_in.transit:
+            log.warning(
+                "call %s from trunk %s may not leave through trunk %s (no transit)",
+                self.call_id,
+                self.trunk_in.name,
+                target.trunk,
+            )
+            self.finish_unanswered(403, reason="No transit through this server")
+            return
+        self._next_trunk([target, *target.fallbacks], 503, "No trunk is configured")
+
+    def _next_trunk(self, candidates: list[ToTrunk], status: int, reason: str | None) -> None:
+        trunks = self.manager.trunks
+        limits = self.manager.limits
+        while candidates:
+            target = candidates.pop(0)
+            name = target.trunk
+            trunk = trunks.lookup(name) if trunks is not None else None
+            destination = trunks.destination(name) if trunks is not None else None
+            profile = trunk_profile(name, "out")
+            if trunk is None:
+                status, reason = 503, f"Trunk {name} is not configured"
+            elif destination is None:
+                status, reason = 503, f"Trunk {name} is unavailable"
+            elif trunk.max_outgoing is not None and limits.active(profile) >= trunk.max_outgoing:
+                status, reason = 503, f"Trunk {name}: max outgoing calls reached"
+            else:
+                try:
+                    request = self._trunk_request(trunk, target.number, destination)
+                except (SipError, LookupError) as exc:
+                    status, reason = 503, f"Trunk {name} cannot be reached"
+                    log.warning("call %s: trunk %s: %s", self.call_id, name, exc)
+                    continue
+                log.info("call %s: out through trunk %s to %s", self.call_id, name, target.number)
+                self._call_trunk(trunk, destination, request, candidates)
+                return
+            log.info("call %s: %s", self.call_id, reason)
+        self.finish_unanswered(status, reason=reason)
+
+    def _call_trunk(
+        self,
+        trunk: TrunkSettings,
+        destination: Address,
+        request: Request,
+        candidates: list[ToTrunk],
+    ) -> None:
+        profile = trunk_profile(trunk.name, "out")
+        attempt = Attempt(
+            self, [profile], lambda outcome, _: self._after_trunk(attempt, candidates, outcome)
+        )
+        attempt.forks.append(OutboundLeg(self, None, destination, request, attempt, profile, trunk))
+        timeout = self.ring_timeout_override or self.core.settings.calls.ring_timeout
+        self._start_attempt(attempt, timeout)
+
+    def _after_trunk(self, attempt: Attempt, candidates: list[ToTrunk], outcome: Outcome) -> None:
+        if outcome is Outcome.ANSWERED:
+            return
+        status = attempt.failures[-1] if attempt.failures else OUTCOME_STATUS.get(outcome, 480)
+        if outcome is Outcome.NO_ANSWER and not attempt.failures:
+            status = 408  # our ring timeout
+        # A trunk that fails as a server (5xx, or no answer at all) is followed by the next one;
+        # an answer about the callee (busy, unknown number, declined) is final.
+        failed = 500 <= status < 600 or (status == 408 and not attempt.rang)
+        trunk = attempt.forks[0].trunk if attempt.forks else None
+        name = trunk.name if trunk is not None else "?"
+        if failed and candidates:
+            log.info("call %s: trunk %s failed (%d), trying the next", self.call_id, name, status)
+            self._next_trunk(candidates, 503, f"Trunk {name} failed")
+        elif status in (401, 407):
+            self.finish_unanswered(503, reason=f"Trunk {name} refused the credentials")
+        elif failed:
+            self.finish_unanswered(503, reason=f"Trunk {name} failed")
+        else:
+            self.finish_unanswered(status)
+
+    def _trunk_request(self, trunk: TrunkSettings, number: str, destination: Address) -> Request:
+        """The INVITE toward a trunk: ``sip:NUMBER@host:port`` (with the transport and the
+        trunk's extra parameters), From and P-Asserted-Identity per the caller-number policy."""
+        user = number.replace("#", "%23")
+        params = "" if destination.transport == "udp" else f";transport={destination.transport}"
+        if trunk.uri_params:
+            params += ";" + trunk.uri_params
+        target = parse_uri(f"sip:{user}@{format_host(trunk.host)}:{trunk.port}{params}")
+        if not isinstance(target, SipUri):
+            raise SipError("not a SIP URI")
+        keep = trunk.caller_id == "keep"
+        identity = (self.caller.number if keep else trunk.caller_number).replace("#", "%23")
+        domain = format_host(trunk.sip_domain)
+        display = self.caller.display if keep else ""
+        request = self._invite(
+            target, destination, identity, display, domain, f"<sip:{user}@{domain}>"
+        )
+        if trunk.asserted_identity:
+            request.headers.add("P-Asserted-Identity", f"<sip:{identity}@{domain}>")
+        return request
+
+    def answer_trunk_challenge(self, leg: OutboundLeg, response: Response) -> bool:
+        """Send the INVITE again with the trunk's credentials (same Call-ID and From tag, the
+        next CSeq); once per leg, so a refused password ends the attempt."""
+        trunk = leg.trunk
+        ringing = self.state in ("ringing", "application")
+        if trunk is None or leg.authenticated or not ringing or leg.attempt is not self.attempt:
+            return False
+        if not trunk.login or not trunk.password or leg.attempt.over:
+            return False
+        proxy = response.status == 407
+        challenge = choose_challenge(
+            response.headers.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate")
+        )
+        if challenge is None or (trunk.realm and challenge.realm != trunk.realm):
+            return False
+        sent = leg.request
+        try:
+            credentials = build_authorization(
+                challenge, "INVITE", str(sent.uri), trunk.login, trunk.password, body=sent.body
+            )
+            host, port = self.core.local_address(leg.destination)
+        except (ValueError, LookupError):
+            return False
+        retry = Request("INVITE", sent.uri, sent.headers.copy(), sent.body)
+        retry.headers.set(
+            "Via",
+            f"SIP/2.0/{leg.destination.transport.upper()} {format_host(host)}:{port}"
+            f";branch={new_branch()};rport",
+        )
+        retry.headers.set("CSeq", f"{sent.cseq.number + 1} INVITE")
+        retry.headers.set("Proxy-Authorization" if proxy else "Authorization", credentials)
+        leg.authenticated = True
+        leg.request = retry
+        leg.txn = self.core.transactions.send_request(retry, leg.destination, leg)
+        return True
 
     # --- calls held by an application (IVR) ---
     def server_answered(self, sdp: bytes) -> None:
@@ -533,6 +725,8 @@ class Call:
             return
         if status < 300:
             self._on_outbound_answer(leg, response)
+            return
+        if status in (401, 407) and self.answer_trunk_challenge(leg, response):
             return
         self.on_outbound_failure(leg, status)
 
@@ -612,7 +806,7 @@ class Call:
         inbound.txn.respond(reply)
         self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
         self._limit_duration(leg.number)
-        log.debug("call answered %s by %s", self.call_id, leg.binding.contact_uri)
+        log.debug("call answered %s by %s", self.call_id, leg.request.uri)
 
     def _limit_duration(self, answered_by: str) -> None:
         limits = [
@@ -931,6 +1125,7 @@ class CallManager:
         self._dialogs: dict[tuple[str, str], InboundLeg | OutboundLeg] = {}
         self._dialog_keys: dict[int, list[tuple[str, str]]] = {}
         self.limits = CallLimits()
+        self.trunks: TrunkService | None = None
 
     # --- dialog table ---
     def register_dialog(self, dialog: Dialog, leg: InboundLeg | OutboundLeg) -> None:
@@ -995,6 +1190,10 @@ class CallManager:
         ):
             core.respond(txn, 406, headers={"Accept": "application/sdp"})
             return
+        trunk = self.trunks.identify(source) if self.trunks is not None else None
+        if trunk is not None:
+            self.place_trunk_call(txn, source, trunk, max_forwards)
+            return
         from_uri = request.from_.uri
         if not isinstance(from_uri, SipUri):
             core.respond(txn, 403, "From must be a SIP URI")
@@ -1036,6 +1235,50 @@ class CallManager:
             core.respond(txn, refusal.status, refusal.reason)
             return
         self.calls.add(call)
+        call.start(destination, (70 if max_forwards is None else max_forwards) - 1)
+
+    def place_trunk_call(
+        self,
+        txn: ServerTransaction,
+        source: Address,
+        trunk: TrunkSettings,
+        max_forwards: int | None,
+    ) -> None:
+        """A call from a trunk: trusted by its address (no digest), routed by the called number
+        (``Router.resolve_inbound``), counted against the trunk's incoming limit."""
+        request = txn.request
+        number = _called_number(request)
+        caller = _trunk_caller(request)
+        profile = trunk_profile(trunk.name, "in")
+        limit = trunk.max_incoming
+        if limit is not None and self.limits.active(profile) >= limit:
+            log.info(
+                "call refused %s: from trunk %s to %s: max incoming calls reached (%d)",
+                request.call_id,
+                trunk.name,
+                number,
+                limit,
+            )
+            self.core.respond(txn, 503, f"Max incoming calls reached ({limit})")
+            return
+        route = self.router.resolve_inbound(trunk, number, caller.number)
+        destination = route.destination
+        if isinstance(destination, Reject):
+            log.info(
+                "call refused %s: from trunk %s, %s -> %s: %d %s",
+                request.call_id,
+                trunk.name,
+                caller.number,
+                number,
+                destination.status,
+                destination.reason,
+            )
+            self.core.respond(txn, destination.status, destination.reason)
+            return
+        call = Call(self, txn, source, caller, CallParty(number, ""), None, trunk)
+        self.limits.join(call, profile)
+        self.calls.add(call)
+        log.info("call %s from trunk %s", request.call_id, trunk.name)
         call.start(destination, (70 if max_forwards is None else max_forwards) - 1)
 
     async def feature_code(self, txn: ServerTransaction, caller: Extension, code: str) -> bool:
@@ -1135,3 +1378,37 @@ class CallManager:
 
 def _party(extension: Extension, fallback_display: str) -> CallParty:
     return CallParty(extension.number, extension.display_name or fallback_display)
+
+
+def _called_number(request: Request) -> str:
+    """The number a trunk calls: the Request-URI user, else the To user."""
+    uri = request.uri
+    if isinstance(uri, SipUri) and uri.user:
+        return uri.user_unescaped
+    to = request.to.uri
+    return to.user_unescaped if isinstance(to, SipUri) else ""
+
+
+def _trunk_caller(request: Request) -> CallParty:
+    """Who calls from a trunk: its P-Asserted-Identity (a trunk is trusted to assert it), else
+    the From user; a number of unexpected shape becomes "anonymous"."""
+    uris = []
+    for value in request.headers.values("P-Asserted-Identity")[:2]:
+        try:
+            uris.append(parse_name_addr(value).uri)
+        except SipError:
+            continue
+    uris.append(request.from_.uri)
+    number = "anonymous"
+    for uri in uris:
+        if isinstance(uri, SipUri):
+            user = uri.user_unescaped
+        elif uri.scheme == "tel":
+            user = uri.text[4:].split(";", 1)[0]
+        else:
+            continue
+        if _TRUNK_CALLER.fullmatch(user):
+            number = user
+            break
+    display = _CONTROL.sub("", request.from_.display_text)[:64]
+    return CallParty(number, display)

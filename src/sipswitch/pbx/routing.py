@@ -2,8 +2,9 @@
 
 Order: the black and white lists, then an exact extension or group number, then the dial plan
 (longest matching prefix first; a rule rewrites the number by stripping and prepending digits and
-routes the result, or rejects the call with its status). Numbers are checked against a strict
-syntax before anything else, so nothing odd reaches a route.
+routes the result, rejects the call with its status, or sends it out through a trunk). Several
+trunk rules with the same prefix are tried in the order written (failover). Numbers are checked
+against a strict syntax before anything else, so nothing odd reaches a route.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ..config.routing import DialRule, GroupSettings, ListSettings
+from ..config.trunks import TrunkSettings
 from ..store import Extension
 from .directory import ExtensionDirectory
 
@@ -36,8 +38,12 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class ToTrunk:
+    """Out through trunk ``trunk`` dialling ``number``; ``fallbacks`` are tried in order when
+    the trunk is down, at its limit, or fails (the later dial plan rules of the same prefix)."""
+
     trunk: str
     number: str
+    fallbacks: tuple[ToTrunk, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,21 @@ class Router:
                 return self._apply(rule, number)
         return Route(Reject(404, "Not Found"), number)
 
+    def resolve_inbound(self, trunk: TrunkSettings, number: str, caller: str) -> Route:
+        """Where a call that came in from ``trunk`` for ``number`` goes: the trunk's DID table
+        first, else the number as dialled, else the trunk's default destination. Unless the
+        trunk allows transit, such calls reach internal destinations only (toll fraud)."""
+        mapped = trunk.dids.get(number)
+        route = self.resolve(number if mapped is None else mapped, caller)
+        destination = route.destination
+        leaves = isinstance(destination, ToTrunk) and not trunk.transit
+        missing = isinstance(destination, Reject) and destination.status == 404
+        if mapped is None and (leaves or missing) and trunk.default_destination:
+            return self.resolve(trunk.default_destination, caller)
+        if leaves:
+            return Route(Reject(403, "No transit through this server"), route.number, route.rule)
+        return route
+
     def _direct(self, number: str) -> Destination | None:
         extension = self.directory.lookup(number)
         if extension is not None and extension.enabled:
@@ -116,7 +137,16 @@ class Router:
         if rule.target == "reject":
             return Route(Reject(rule.status, "Rejected by the dial plan"), rewritten, rule)
         if rule.target.startswith("trunk:"):
-            return Route(ToTrunk(rule.target.split(":", 1)[1], rewritten), rewritten, rule)
+            # Later trunk rules of the same prefix are the failover routes, in written order.
+            position = next(i for i, r in enumerate(self.rules) if r is rule)
+            fallbacks = tuple(
+                _to_trunk(other, number)
+                for other in self.rules[position + 1 :]
+                if other.prefix == rule.prefix and other.target.startswith("trunk:")
+            )
+            return Route(
+                ToTrunk(rule.target.split(":", 1)[1], rewritten, fallbacks), rewritten, rule
+            )
         direct = self._direct(rewritten) if rewritten else None
         if direct is None:
             return Route(Reject(404, "Not Found"), rewritten, rule)
@@ -131,10 +161,16 @@ class Router:
                 what = f"extension {extension.number}"
             case ToGroup(group):
                 what = f"{group.strategy} group {group.number} {group.members}"
-            case ToTrunk(trunk, number):
-                what = f"trunk {trunk} dialling {number}"
+            case ToTrunk(trunk, number, fallbacks):
+                what = f"trunk {trunk} dialling {number}" + "".join(
+                    f", else trunk {f.trunk} dialling {f.number}" for f in fallbacks
+                )
             case Reject(status, reason):
                 what = f"reject {status} {reason}"
             case ToApplication(name, argument):
                 what = f"{name} {argument}"
         return f"{route.number}: {what} ({how})"
+
+
+def _to_trunk(rule: DialRule, number: str) -> ToTrunk:
+    return ToTrunk(rule.target.split(":", 1)[1], rule.prepend + number[rule.strip :])

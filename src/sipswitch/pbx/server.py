@@ -1,7 +1,9 @@
 """The running server: opens the store, binds the transports (TLS too when configured), wires
 the security gate and the handlers, reloads TLS certificates on SIGHUP and when their files
 change, and shuts down cleanly on SIGTERM (no new calls, transactions finish, registrations and
-CDRs flushed)."""
+CDRs flushed). External lines and trunks come in as a ``Trunks`` service (``trunk.manager``):
+resolved and allow-listed before the security gate is built, started once the transports are
+up, stopped (lines unregistered) before they close."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import gc
 import signal
 import sys
 from collections.abc import Callable
+from typing import Protocol
 
 from ..config.settings import Settings
 from ..sip.clock import Clock, LoopClock
@@ -27,10 +30,11 @@ from ..sip.transport.manager import TransportManager
 from ..sip.transport.tls import TlsTransport
 from ..store import Database, seed_default_extensions
 from .application import Application
-from .b2bua import CallManager
+from .b2bua import CallManager, TrunkService
 from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore, log
 from .directory import ExtensionDirectory
+from .limits import CallLimits
 from .location import LocationService
 from .registrar import Registrar
 from .routing import Router, ToApplication
@@ -39,6 +43,16 @@ from .security import SecurityGate
 SHUTDOWN_GRACE = 3.0
 EXPIRY_SWEEP_INTERVAL = 30.0
 CERTIFICATE_CHECK_INTERVAL = 5.0
+
+
+class Trunks(TrunkService, Protocol):
+    """A trunk service with its life cycle (``trunk.manager.TrunkManager``)."""
+
+    async def resolve(self) -> list[str]: ...
+
+    def start(self, core: PbxCore, counter: CallLimits) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class SipServer:
@@ -50,9 +64,11 @@ class SipServer:
         out: Callable[[str], None] = print,
         transports: TransportManager | None = None,
         applications: dict[str, Application] | None = None,
+        trunks: Trunks | None = None,
     ) -> None:
         self.settings = settings
         self.applications = applications or {}
+        self.trunks = trunks
         self.out = out
         self.database = Database.from_settings(settings)
         self.transports = transports
@@ -102,8 +118,14 @@ class SipServer:
             "INVITE": self.calls.handle_invite,
             "OPTIONS": self._options,
         }
+        security_settings = settings.security
+        if self.trunks is not None:
+            # Trunks are never banned or rate limited.
+            allow = [*security_settings.allow, *await self.trunks.resolve()]
+            security_settings = security_settings.model_copy(update={"allow": allow})
+            self.calls.trunks = self.trunks
         # Bans, rate limits and scanner drops come first, before a transaction is formed.
-        security = SecurityGate(settings.security, clock, core.transactions)
+        security = SecurityGate(security_settings, clock, core.transactions)
         core.security = security
         self.security = security
         self.transports.set_sink(security)
@@ -115,6 +137,8 @@ class SipServer:
         if settings.tls is not None:
             await self._start_tls(clock, security)
         self._sweeper = asyncio.create_task(self._sweep(), name="binding-expiry")
+        if self.trunks is not None:
+            self.trunks.start(core, self.calls.limits)
         for address in self.transports.bound:
             self.out(f"listening on {address}")
         self.out(f"sipswitch ready ({restored} registrations restored)")
@@ -174,6 +198,8 @@ class SipServer:
         if calls is not None:
             calls.hangup_all()
             await asyncio.sleep(0.2)  # let the BYEs and final responses leave
+        if self.trunks is not None and core is not None:
+            await self.trunks.stop()
         for task in (self._sweeper, self._certificate_watch):
             if task is not None:
                 task.cancel()
@@ -190,9 +216,13 @@ class SipServer:
         await self.database.close()
 
 
-async def serve(settings: Settings, applications: dict[str, Application] | None = None) -> int:
+async def serve(
+    settings: Settings,
+    applications: dict[str, Application] | None = None,
+    trunks: Trunks | None = None,
+) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code."""
-    server = SipServer(settings, applications=applications)
+    server = SipServer(settings, applications=applications, trunks=trunks)
     try:
         await server.start()
     except (OSError, CertificateError) as exc:

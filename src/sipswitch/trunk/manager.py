@@ -1,0 +1,321 @@
+"""The server's external lines and trunks: resolves their addresses, keeps lines registered and
+trunks checked (OPTIONS), tells the call model which trunk a request came from and whether a trunk
+can take a call, and writes their state to ``DATA/trunks.json`` for ``sipswitch trunk list``.
+
+Recognising a trunk: a request from one of its resolved addresses — with the trunk's port over
+UDP (a peer sends from its listening socket), any port over TCP/TLS (connections come from
+ephemeral ports) — or from one of its ``sources`` networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config.settings import Settings
+from ..config.trunks import TrunkSettings
+from ..pbx.b2bua import trunk_profile
+from ..sip.clock import Clock
+from ..sip.transport.base import Address
+from .health import Health, HealthMonitor
+from .registration import RETRY_MAX, RETRY_MIN, LineRegistration, Sender
+
+log = logging.getLogger("sipswitch.trunks")
+
+STATUS_FILE = "trunks.json"
+UNREGISTER_WAIT = 2.0  # seconds shutdown waits for the carriers to confirm unregistration
+RESOLVE_RETRY = 30.0  # seconds between look-ups of a host name that did not resolve
+STATUS_REFRESH = 5.0  # seconds between rewrites of the status file while call counts change
+
+
+class Core(Protocol):
+    """What the manager uses of ``pbx.core.PbxCore``."""
+
+    @property
+    def transactions(self) -> Sender: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def local_address(self, destination: Address) -> tuple[str, int]: ...
+
+
+class CallCounter(Protocol):
+    def active(self, number: str) -> int: ...
+
+
+class TrunkManager:
+    """Implements ``pbx.b2bua.TrunkService``; ``resolve``, ``start`` and ``stop`` are called by
+    the server (``pbx.server.SipServer``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        status_path: Path | None = None,
+        retry_min: float = RETRY_MIN,
+        retry_max: float = RETRY_MAX,
+    ) -> None:
+        self.settings = settings
+        self.trunks: dict[str, TrunkSettings] = {t.name: t for t in settings.trunks}
+        self.status_path = status_path or settings.data_dir / STATUS_FILE
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.addresses: dict[str, Address] = {}
+        self.problems: dict[str, str] = {}  # name -> why it has no address
+        self.registrations: dict[str, LineRegistration] = {}
+        self.monitors: dict[str, HealthMonitor] = {}
+        self._by_source: dict[tuple[str, int | None], TrunkSettings] = {}
+        self._networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, TrunkSettings]]
+        self._networks = [(ipaddress.ip_network(n), t) for t in settings.trunks for n in t.sources]
+        self._core: Core | None = None
+        self._counter: CallCounter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._written: str | None = None
+        self._stopping = False
+        self._stopped = False
+
+    # --- TrunkService ---
+    def identify(self, source: Address) -> TrunkSettings | None:
+        """The trunk a request from ``source`` comes from, if any."""
+        if not self.trunks:
+            return None
+        port = source.port if source.transport == "udp" else None
+        found = self._by_source.get((source.host, port))
+        if found is not None or not self._networks:
+            return found
+        try:
+            address = ipaddress.ip_address(source.host)
+        except ValueError:
+            return None
+        for network, trunk in self._networks:
+            if address in network:
+                return trunk
+        return None
+
+    def lookup(self, name: str) -> TrunkSettings | None:
+        return self.trunks.get(name)
+
+    def destination(self, name: str) -> Address | None:
+        """Where to send a call for trunk ``name``; None while it cannot take calls."""
+        return self.addresses.get(name) if self.available(name) else None
+
+    def available(self, name: str) -> bool:
+        if name not in self.addresses:
+            return False
+        monitor = self.monitors.get(name)
+        if monitor is not None and monitor.health is Health.DOWN:
+            return False
+        registration = self.registrations.get(name)
+        return registration is None or registration.registered
+
+    # --- life cycle ---
+    async def resolve(self) -> list[str]:
+        """Look up every trunk's host; returns the addresses (and ``sources`` networks) that
+        the security gate must never ban or rate limit."""
+        for trunk in self.trunks.values():
+            await self._resolve(trunk)
+        allowed = {address.host for address in self.addresses.values()}
+        allowed.update(n for t in self.trunks.values() for n in t.sources)
+        return sorted(allowed)
+
+    async def _resolve(self, trunk: TrunkSettings) -> bool:
+        try:
+            host = str(ipaddress.ip_address(trunk.host))
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    trunk.host, trunk.port, type=socket.SOCK_DGRAM
+                )
+            except (OSError, UnicodeError) as exc:
+                self.problems[trunk.name] = f"cannot resolve {trunk.host}: {exc}"
+                log.error("trunk %s: %s", trunk.name, self.problems[trunk.name])
+                return False
+            if not infos:
+                self.problems[trunk.name] = f"cannot resolve {trunk.host}"
+                return False
+            host = str(infos[0][4][0])
+        self.problems.pop(trunk.name, None)
+        address = Address(trunk.transport, host, trunk.port)
+        self.addresses[trunk.name] = address
+        key = (host, trunk.port if trunk.transport == "udp" else None)
+        other = self._by_source.get(key)
+        if other is not None and other.name != trunk.name:
+            log.warning(
+                "trunks %s and %s share the address %s: calls from it count as %s",
+                other.name,
+                trunk.name,
+                address,
+                other.name,
+            )
+        else:
+            self._by_source[key] = trunk
+        return True
+
+    def start(self, core: Core, counter: CallCounter | None = None) -> None:
+        """Start registrations and health checks (the transports are up)."""
+        self._core = core
+        self._counter = counter
+        self._stopping = self._stopped = False
+        for name in self.trunks:
+            if name in self.addresses:
+                self._start_trunk(name)
+            else:
+                self._tasks.append(asyncio.create_task(self._resolve_later(name)))
+        self._tasks.append(asyncio.create_task(self._refresh_status()))
+        self.write_status()
+
+    def _start_trunk(self, name: str) -> None:
+        core = self._core
+        assert core is not None
+        trunk = self.trunks[name]
+        address = self.addresses[name]
+        agent = self.settings.sip.user_agent
+        if trunk.kind == "line":
+            registration = LineRegistration(
+                trunk,
+                address,
+                core.transactions,
+                core.clock,
+                core.local_address,
+                self.write_status,
+                user_agent=agent,
+                retry_min=self.retry_min,
+                retry_max=self.retry_max,
+            )
+            self.registrations[name] = registration
+            registration.start()
+        if trunk.options_interval > 0:
+            monitor = HealthMonitor(
+                name,
+                trunk.host,
+                address,
+                core.transactions,
+                core.clock,
+                core.local_address,
+                trunk.options_interval,
+                trunk.options_failures,
+                self.write_status,
+                user_agent=agent,
+            )
+            self.monitors[name] = monitor
+            monitor.start()
+
+    async def _resolve_later(self, name: str) -> None:
+        while not self._stopping:
+            await asyncio.sleep(RESOLVE_RETRY)
+            if await self._resolve(self.trunks[name]):
+                log.info("trunk %s: %s resolved", name, self.trunks[name].host)
+                self._start_trunk(name)
+                self.write_status()
+                return
+
+    async def _refresh_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_REFRESH)
+            self.write_status()
+
+    async def stop(self) -> None:
+        """Stop checks and refreshes; unregister the lines (waiting a little for the answers)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for monitor in self.monitors.values():
+            monitor.stop()
+        waits: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        for registration in self.registrations.values():
+            done: asyncio.Future[None] = loop.create_future()
+            waits.append(done)
+            registration.stop(_resolver(done))
+        if waits:
+            await asyncio.wait(waits, timeout=UNREGISTER_WAIT)
+        self._stopped = True
+        self.write_status()
+
+    # --- status ---
+    def status(self) -> list[dict[str, Any]]:
+        """One entry per trunk, as written to the status file."""
+        core = self._core
+        now = core.clock.now() if core is not None else 0.0
+        wall = core.clock.wall() if core is not None else 0.0
+        entries: list[dict[str, Any]] = []
+        for name, trunk in self.trunks.items():
+            address = self.addresses.get(name)
+            registration = self.registrations.get(name)
+            monitor = self.monitors.get(name)
+            entry: dict[str, Any] = {
+                "name": name,
+                "kind": trunk.kind,
+                "host": trunk.host,
+                "port": trunk.port,
+                "transport": trunk.transport,
+                "address": str(address) if address is not None else None,
+                "available": self.available(name),
+                "registration": registration.state.value if registration else None,
+                "registration_detail": registration.reason if registration else "",
+                "retry_at": None,
+                "expires_at": None,
+                "health": monitor.health.value if monitor else None,
+                "health_detail": monitor.detail if monitor else "",
+                "problem": self.problems.get(name, ""),
+                "calls_in": self._count(name, "in"),
+                "calls_out": self._count(name, "out"),
+                "max_incoming": trunk.max_incoming,
+                "max_outgoing": trunk.max_outgoing,
+            }
+            if registration is not None:
+                if registration.retry_at is not None:
+                    entry["retry_at"] = round(wall + registration.retry_at - now, 3)
+                if registration.registered:
+                    entry["expires_at"] = round(wall + registration.expires_at - now, 3)
+            entries.append(entry)
+        return entries
+
+    def _count(self, name: str, direction: str) -> int:
+        if self._counter is None:
+            return 0
+        return self._counter.active(trunk_profile(name, direction))
+
+    def write_status(self) -> None:
+        """Write the status file (atomically) when something in it changed."""
+        trunks = self.status()
+        text = json.dumps({"stopped": self._stopped, "trunks": trunks})
+        if text == self._written:
+            return
+        core = self._core
+        document = {
+            "updated": core.clock.wall() if core is not None else None,
+            "pid": os.getpid(),
+            "stopped": self._stopped,
+            "trunks": trunks,
+        }
+        path = self.status_path
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_text(json.dumps(document, indent=2) + "\n")
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+            return
+        self._written = text
+
+
+def _resolver(future: asyncio.Future[None]) -> Callable[[], None]:
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    return resolve
