@@ -65,6 +65,9 @@ VOICEMAIL_ACCESS_CODE = "*97"
 # A caller number taken from a trunk's From or P-Asserted-Identity; anything else is anonymous.
 _TRUNK_CALLER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Seconds a trunk has to answer an INVITE at all (100 Trying is due within 200 ms): a trunk that
+# stays silent is given up and the next one tried, rather than waiting for Timer B (32 s).
+TRUNK_RESPONSE_TIMEOUT = 4.0
 
 
 def trunk_profile(name: str, direction: str) -> str:
@@ -127,6 +130,8 @@ class OutboundLeg:
         self.number = number  # the extension this contact belongs to (a trunk: its profile)
         self.trunk = trunk
         self.authenticated = False  # a trunk's challenge was answered once already
+        self.responded = False  # any response came back
+        self.reason: str | None = None  # of the final response, passed on for trunk calls
         self.txn: ClientTransaction | None = None
         self.dialog: Dialog | None = None
         self.final_status: int | None = None
@@ -134,6 +139,7 @@ class OutboundLeg:
 
     # ClientListener
     def on_response(self, response: Response, txn: ClientTransaction) -> None:
+        self.responded = True
         self.call.on_outbound_response(self, response)
 
     def on_timeout(self, txn: ClientTransaction) -> None:
@@ -579,9 +585,19 @@ class Call:
         attempt = Attempt(
             self, [profile], lambda outcome, _: self._after_trunk(attempt, candidates, outcome)
         )
-        attempt.forks.append(OutboundLeg(self, None, destination, request, attempt, profile, trunk))
+        leg = OutboundLeg(self, None, destination, request, attempt, profile, trunk)
+        attempt.forks.append(leg)
         timeout = self.ring_timeout_override or self.core.settings.calls.ring_timeout
         self._start_attempt(attempt, timeout)
+        self.core.clock.call_later(TRUNK_RESPONSE_TIMEOUT, self._trunk_silent, leg, leg.txn)
+
+    def _trunk_silent(self, leg: OutboundLeg, txn: ClientTransaction | None) -> None:
+        if leg.txn is not txn or leg.responded or leg.final_status is not None:
+            return
+        log.info("call %s: trunk %s does not answer", self.call_id, leg.trunk and leg.trunk.name)
+        if leg.txn is not None:
+            leg.txn.terminate()
+        self.on_outbound_failure(leg, 408)
 
     def _after_trunk(self, attempt: Attempt, candidates: list[ToTrunk], outcome: Outcome) -> None:
         if outcome is Outcome.ANSWERED:
@@ -592,17 +608,18 @@ class Call:
         # A trunk that fails as a server (5xx, or no answer at all) is followed by the next one;
         # an answer about the callee (busy, unknown number, declined) is final.
         failed = 500 <= status < 600 or (status == 408 and not attempt.rang)
-        trunk = attempt.forks[0].trunk if attempt.forks else None
-        name = trunk.name if trunk is not None else "?"
+        leg = attempt.forks[0] if attempt.forks else None
+        name = leg.trunk.name if leg is not None and leg.trunk is not None else "?"
+        reason = leg.reason if leg is not None and attempt.failures else None
         if failed and candidates:
             log.info("call %s: trunk %s failed (%d), trying the next", self.call_id, name, status)
             self._next_trunk(candidates, 503, f"Trunk {name} failed")
         elif status in (401, 407):
             self.finish_unanswered(503, reason=f"Trunk {name} refused the credentials")
         elif failed:
-            self.finish_unanswered(503, reason=f"Trunk {name} failed")
+            self.finish_unanswered(503, reason=reason if status == 503 else f"Trunk {name} failed")
         else:
-            self.finish_unanswered(status)
+            self.finish_unanswered(status, reason=reason)
 
     def _trunk_request(self, trunk: TrunkSettings, number: str, destination: Address) -> Request:
         """The INVITE toward a trunk: ``sip:NUMBER@host:port`` (with the transport and the
@@ -658,7 +675,9 @@ class Call:
         retry.headers.set("Proxy-Authorization" if proxy else "Authorization", credentials)
         leg.authenticated = True
         leg.request = retry
+        leg.responded = False
         leg.txn = self.core.transactions.send_request(retry, leg.destination, leg)
+        self.core.clock.call_later(TRUNK_RESPONSE_TIMEOUT, self._trunk_silent, leg, leg.txn)
         return True
 
     # --- calls held by an application (IVR) ---
@@ -728,6 +747,7 @@ class Call:
             return
         if status in (401, 407) and self.answer_trunk_challenge(leg, response):
             return
+        leg.reason = response.reason[:100] or None
         self.on_outbound_failure(leg, status)
 
     def _relay_provisional(self, response: Response) -> None:

@@ -1,0 +1,135 @@
+"""A multi-branch network over the loop network: two local servers (1xxx, 4xxx) that only know
+the trunk server, which routes by range; the configuration is the one of docs/multi-branch.md."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sipswitch.pbx.server import SipServer
+from sipswitch.sip.transport.base import Address
+from sipswitch.trunk.health import Health
+from sipswitch.trunk.manager import TrunkManager
+
+from .conftest import Net, eventually
+
+HQ = Address("udp", "127.0.0.10", 5060)
+BRANCH_A = Address("udp", "127.0.0.11", 5060)
+BRANCH_B = Address("udp", "127.0.0.12", 5060)
+
+HQ_CONFIG = """
+[[trunks]]
+name = "branch-a"
+host = "127.0.0.11"
+transit = true
+max_incoming = 2
+options_interval = 0.3
+options_failures = 2
+
+[[trunks]]
+name = "branch-b"
+host = "127.0.0.12"
+transit = true
+max_incoming = 2
+options_interval = 0.3
+options_failures = 2
+
+[[dialplan]]
+prefix = "1"
+target = "trunk:branch-a"
+
+[[dialplan]]
+prefix = "4"
+target = "trunk:branch-b"
+"""
+
+BRANCH_CONFIG = """
+[[trunks]]
+name = "hq"
+host = "127.0.0.10"
+options_interval = 0.3
+
+[[dialplan]]
+prefix = "{other}"
+target = "trunk:hq"
+"""
+
+
+async def _network(net: Net) -> tuple[SipServer, SipServer, SipServer]:
+    hq = await net.server("hq", HQ, HQ_CONFIG)
+    a = await net.server("a", BRANCH_A, BRANCH_CONFIG.format(other="4"), ("1001", "1002"))
+    b = await net.server("b", BRANCH_B, BRANCH_CONFIG.format(other="1"), ("4001", "4002"))
+    manager = hq.trunks
+    assert isinstance(manager, TrunkManager)
+    await eventually(lambda: all(m.health is Health.UP for m in manager.monitors.values()))
+    return hq, a, b
+
+
+async def test_branch_to_branch_with_the_caller_number(net: Net) -> None:
+    hq, a, b = await _network(net)
+    alice = await net.registered("1001", a)
+    dave = await net.registered("4001", b)
+    response, dialog = await alice.call("4001")
+    assert response.status == 200 and dialog is not None
+    ring = await asyncio.wait_for(dave.incoming.get(), 2)
+    assert ring.request.from_.sip_uri.user == "1001"
+    assert ring.request.to.sip_uri.user == "4001"
+    # Max-Forwards went down at each server: 70 from the phone, three B2BUAs.
+    assert ring.request.max_forwards == 67
+    # The BYE crosses the three servers.
+    assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
+    bye = await asyncio.wait_for(dave.in_dialog.get(), 2)
+    while bye.method != "BYE":
+        bye = await asyncio.wait_for(dave.in_dialog.get(), 2)
+    await eventually(lambda: all(s.calls is not None and not s.calls.calls for s in (a, b, hq)))
+
+    # And back: 4001 calls 1001.
+    response, _ = await dave.call("1001")
+    assert response.status == 200
+    ring = await asyncio.wait_for(alice.incoming.get(), 2)
+    assert ring.request.from_.sip_uri.user == "4001"
+
+
+async def test_unknown_number_in_a_branch_comes_back_404(net: Net) -> None:
+    _, a, _ = await _network(net)
+    alice = await net.registered("1001", a)
+    response, _ = await alice.call("4999")
+    assert response.status == 404
+
+
+async def test_the_trunk_server_limits_calls_per_branch(net: Net) -> None:
+    hq, a, b = await _network(net)
+    alice = await net.registered("1001", a)
+    bob = await net.registered("1002", a)
+    dave = await net.registered("4001", b)
+    erin = await net.registered("4002", b)
+    dave.answer = erin.answer = None  # ringing
+    ringing = [
+        asyncio.create_task(alice.call("4001")),
+        asyncio.create_task(bob.call("4002")),
+    ]
+    await asyncio.wait_for(dave.incoming.get(), 2)
+    await asyncio.wait_for(erin.incoming.get(), 2)
+    third = await net.registered("1001", a)
+    response, _ = await third.call("4002")
+    assert response.status == 503
+    assert response.reason == "Max incoming calls reached (2)"
+    for task in ringing:
+        task.cancel()
+
+
+async def test_a_branch_that_is_down_gets_503_within_seconds(net: Net) -> None:
+    hq, a, b = await _network(net)
+    alice = await net.registered("1001", a)
+    loop = asyncio.get_running_loop()
+    stopped = loop.time()
+    await b.stop()
+    net.servers.remove(b)
+    manager = hq.trunks
+    assert isinstance(manager, TrunkManager)
+    await eventually(lambda: manager.monitors["branch-b"].health is Health.DOWN, timeout=5)
+    down_after = loop.time() - stopped
+    started = loop.time()
+    response, _ = await alice.call("4001")
+    assert response.status == 503
+    print(f"branch down after {down_after:.2f} s; 503 in {(loop.time() - started) * 1000:.1f} ms")
+    assert manager.status()[1]["health"] == "down"
