@@ -24,6 +24,9 @@ CARRIER = Address("udp", "127.0.0.9", 5060)
 SECRET = "line-secret"
 
 LINE = """
+[security]
+allow = []
+
 [[trunks]]
 name = "carrier"
 kind = "line"
@@ -73,6 +76,9 @@ async def test_line_registers_and_status_is_listed(
     creds = parse_credentials(registers[1].headers.get("Authorization") or "")
     assert creds is not None and creds.username == "5551000"
     assert list(carrier.bindings) == ["<sip:5551000@127.0.0.1:5060>"]
+    # The carrier's address is never banned nor rate limited.
+    assert server.security is not None and "127.0.0.9" in server.security.allow
+    assert "127.0.0.50" not in server.security.allow
 
     status = json.loads((server.settings.data_dir / "trunks.json").read_text())
     entry = status["trunks"][0]

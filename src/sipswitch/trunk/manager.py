@@ -121,6 +121,15 @@ class TrunkManager:
     async def resolve(self) -> list[str]:
         """Look up every trunk's host; returns the addresses (and ``sources`` networks) that
         the security gate must never ban or rate limit."""
+        for rule in self.settings.dialplan:
+            name = rule.target.removeprefix("trunk:")
+            if rule.target.startswith("trunk:") and name not in self.trunks:
+                log.warning(
+                    "dial plan prefix %r names trunk %s, which is not configured: such calls "
+                    "get 503",
+                    rule.prefix,
+                    name,
+                )
         for trunk in self.trunks.values():
             await self._resolve(trunk)
         allowed = {address.host for address in self.addresses.values()}
