@@ -167,11 +167,10 @@ def inprocess_relay(conn: Connection, low: int, high: int) -> None:
     async def serve() -> None:
         relay = InProcessRelay(PortAllocator(low, high), bind_ipv4=HOST, timeout=3600)
         loop = asyncio.get_running_loop()
-        commands: asyncio.Queue[Any] = asyncio.Queue()
-        loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
         calls: list[str] = []
         while True:
-            command = await commands.get()
+            # A blocking read in a thread: a large command arrives in several chunks.
+            command = await loop.run_in_executor(None, conn.recv)
             if command[0] == "setup":
                 ports = []
                 try:
