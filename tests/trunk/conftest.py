@@ -100,6 +100,7 @@ class Net:
         self.clock = LoopClock()
         self.network = LoopNetwork(self.clock, latency=0.0005)
         self.servers: list[SipServer] = []
+        self.carriers: list[Carrier] = []
         self._port = 7000
 
     async def server(
@@ -155,6 +156,7 @@ class Net:
             secret=secret,
         )
         transport.attach(carrier.layer)
+        self.carriers.append(carrier)
         return carrier
 
     async def registered(self, number: str, server: SipServer) -> Phone:

@@ -1,5 +1,6 @@
 """A multi-branch network over the loop network: two local servers (1xxx, 4xxx) that only know
-the trunk server, which routes by range; the configuration is the one of docs/multi-branch.md."""
+the trunk server, which routes by range and holds the company's carrier line; the configuration
+is the one of docs/multi-branch.md (with other addresses)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,19 @@ HQ = Address("udp", "127.0.0.10", 5060)
 BRANCH_A = Address("udp", "127.0.0.11", 5060)
 BRANCH_B = Address("udp", "127.0.0.12", 5060)
 
+CARRIER = Address("udp", "127.0.0.9", 5060)
+
 HQ_CONFIG = """
+[[trunks]]
+name = "carrier"
+kind = "line"
+host = "127.0.0.9"
+username = "5551000"
+password = "line-secret"
+dids = { "5551001" = "1001", "5554001" = "4001" }
+transit = ["branch-a", "branch-b"]
+options_interval = 0
+
 [[trunks]]
 name = "branch-a"
 host = "127.0.0.11"
@@ -40,6 +53,10 @@ target = "trunk:branch-a"
 [[dialplan]]
 prefix = "4"
 target = "trunk:branch-b"
+
+[[dialplan]]
+prefix = "0"
+target = "trunk:carrier"
 """
 
 BRANCH_CONFIG = """
@@ -51,10 +68,15 @@ options_interval = 0.3
 [[dialplan]]
 prefix = "{other}"
 target = "trunk:hq"
+
+[[dialplan]]
+prefix = "0"
+target = "trunk:hq"
 """
 
 
 async def _network(net: Net) -> tuple[SipServer, SipServer, SipServer]:
+    net.carrier(CARRIER, HQ, "5551000", "line-secret", "0611223344")
     hq = await net.server("hq", HQ, HQ_CONFIG)
     a = await net.server("a", BRANCH_A, BRANCH_CONFIG.format(other="4"), ("1001", "1002"))
     b = await net.server("b", BRANCH_B, BRANCH_CONFIG.format(other="1"), ("4001", "4002"))
@@ -132,4 +154,32 @@ async def test_a_branch_that_is_down_gets_503_within_seconds(net: Net) -> None:
     response, _ = await alice.call("4001")
     assert response.status == 503
     print(f"branch down after {down_after:.2f} s; 503 in {(loop.time() - started) * 1000:.1f} ms")
-    assert manager.status()[1]["health"] == "down"
+    assert {e["name"]: e for e in manager.status()}["branch-b"]["health"] == "down"
+
+
+async def test_outside_calls_through_the_trunk_servers_line(net: Net) -> None:
+    hq, a, b = await _network(net)
+    manager = hq.trunks
+    assert isinstance(manager, TrunkManager)
+    await eventually(lambda: manager.available("carrier"))
+    carrier = net.carriers[0]
+    alice = await net.registered("1001", a)
+    dave = await net.registered("4001", b)
+
+    # Out: a branch sends 0... to the trunk server, which sends it out through its line.
+    response, _ = await alice.call("0611223344")
+    assert response.status == 200
+    invite = carrier.requests("INVITE")[-1]
+    assert str(invite.uri) == "sip:0611223344@127.0.0.9:5060"
+    assert invite.from_.sip_uri.user == "1001"
+
+    # In: the company's numbers reach the branches (the line may transit to them only).
+    response, _ = await carrier.call("5554001")
+    assert response.status == 200
+    ring = await asyncio.wait_for(dave.incoming.get(), 2)
+    assert ring.request.from_.sip_uri.user == "0611223344"
+    # ... never back out through the line itself.
+    invites = len(carrier.requests("INVITE"))
+    response, _ = await carrier.call("00441234")
+    assert response.status == 403
+    assert len(carrier.requests("INVITE")) == invites

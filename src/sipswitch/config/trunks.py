@@ -23,7 +23,8 @@ asserted_identity = false    # also send P-Asserted-Identity with that number
 uri_params = ""              # extra Request-URI parameters, e.g. "user=phone"
 options_interval = 30        # seconds between OPTIONS health checks (0: none)
 options_failures = 3         # unanswered checks in a row before the trunk is down
-transit = false              # calls from this trunk may leave through a trunk
+transit = false              # calls from this trunk may leave through a trunk: true (any),
+                             # or the names of the trunks they may use
 sources = []                 # further addresses (CIDR) calls from this trunk come from
 ```
 """
@@ -81,7 +82,7 @@ class TrunkSettings(BaseModel):
     uri_params: str = ""
     options_interval: Annotated[float, Field(ge=0, le=3600)] = 30.0
     options_failures: Annotated[int, Field(ge=1, le=100)] = 3
-    transit: bool = False
+    transit: bool | list[str] = False
     sources: list[str] = Field(default_factory=list)
 
     @field_validator("name")
@@ -139,6 +140,17 @@ class TrunkSettings(BaseModel):
             raise ValueError(f"{value!r}: expected name=value pairs separated by ';'")
         return value
 
+    @field_validator("transit")
+    @classmethod
+    def _transit(cls, value: bool | list[str]) -> bool | list[str]:
+        if isinstance(value, list):
+            if len(value) > 1000:
+                raise ValueError("at most 1000 trunk names")
+            for name in value:
+                if not _NAME.fullmatch(name):
+                    raise ValueError(f"{name!r} is not a trunk name")
+        return value
+
     @field_validator("sources")
     @classmethod
     def _sources(cls, value: list[str]) -> list[str]:
@@ -159,6 +171,10 @@ class TrunkSettings(BaseModel):
         if self.caller_id == "fixed" and not self.caller_number:
             raise ValueError(f'{self.name}: caller_id = "fixed" needs caller_number')
         return self
+
+    def may_reach(self, trunk: str) -> bool:
+        """Whether a call that came in from this trunk may leave through ``trunk``."""
+        return self.transit is True or (isinstance(self.transit, list) and trunk in self.transit)
 
     @property
     def login(self) -> str:

@@ -535,16 +535,21 @@ class Call:
     def ring_trunk(self, target: ToTrunk) -> None:
         """Call out through ``target``'s trunk, or the first of its fallbacks that can take the
         call; 503 at once when none can (unknown, down, or at its outgoing limit)."""
-        if self.trunk_in is not None and not self.trunk_in.transit:
-            log.warning(
-                "call %s from trunk %s may not leave through trunk %s (no transit)",
-                self.call_id,
-                self.trunk_in.name,
-                target.trunk,
-            )
-            self.finish_unanswered(403, reason="No transit through this server")
-            return
-        self._next_trunk([target, *target.fallbacks], 503, "No trunk is configured")
+        candidates = [target, *target.fallbacks]
+        source = self.trunk_in
+        if source is not None:
+            # Toll-fraud protection: a call from a trunk leaves only where its transit allows.
+            candidates = [t for t in candidates if source.may_reach(t.trunk)]
+            if not candidates:
+                log.warning(
+                    "call %s from trunk %s may not leave through trunk %s (no transit)",
+                    self.call_id,
+                    source.name,
+                    target.trunk,
+                )
+                self.finish_unanswered(403, reason="No transit through this server")
+                return
+        self._next_trunk(candidates, 503, "No trunk is configured")
 
     def _next_trunk(self, candidates: list[ToTrunk], status: int, reason: str | None) -> None:
         trunks = self.manager.trunks

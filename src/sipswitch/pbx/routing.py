@@ -115,7 +115,9 @@ class Router:
         mapped = trunk.dids.get(number)
         route = self.resolve(number if mapped is None else mapped, caller)
         destination = route.destination
-        leaves = isinstance(destination, ToTrunk) and not trunk.transit
+        leaves = isinstance(destination, ToTrunk) and not any(
+            trunk.may_reach(t.trunk) for t in (destination, *destination.fallbacks)
+        )
         missing = isinstance(destination, Reject) and destination.status == 404
         if mapped is None and (leaves or missing) and trunk.default_destination:
             return self.resolve(trunk.default_destination, caller)
