@@ -46,9 +46,7 @@ def test_a_line_needs_credentials(tmp_path: Path) -> None:
 
 
 def test_fixed_caller_id_needs_a_number(tmp_path: Path) -> None:
-    message = _error(
-        tmp_path, '[[trunks]]\nname = "c"\nhost = "192.0.2.1"\ncaller_id = "fixed"\n'
-    )
+    message = _error(tmp_path, '[[trunks]]\nname = "c"\nhost = "192.0.2.1"\ncaller_id = "fixed"\n')
     assert "needs caller_number" in message
 
 
@@ -72,3 +70,19 @@ def test_bad_values_name_their_line(tmp_path: Path, line: str, complaint: str) -
 def test_names_are_unique(tmp_path: Path) -> None:
     text = '[[trunks]]\nname = "a"\nhost = "192.0.2.1"\n[[trunks]]\nname = "a"\nhost = "h"\n'
     assert "trunk name 'a' is used twice" in _error(tmp_path, text)
+
+
+def test_the_documented_configurations_load(tmp_path: Path) -> None:
+    """The three files of docs/multi-branch.md and the README's trunk example are valid."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    docs = (root / "docs" / "multi-branch.md").read_text()
+    readme = (root / "README.md").read_text()
+    readme = readme[readme.index("## External lines and trunks") :]
+    blocks = re.findall(r"```toml\n(.*?)```", docs, re.S)[:3]
+    blocks.append(re.findall(r"```toml\n(.*?)```", readme, re.S)[0])
+    names = []
+    for text in blocks:
+        names.append([t.name for t in _load(tmp_path, text)])
+    assert names[:3] == [["branch-a", "branch-b", "carrier"], ["hq"], ["hq"]]
