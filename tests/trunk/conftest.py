@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sipswitch.config.settings import load_settings
+from sipswitch.config.settings import Settings, load_settings
+from sipswitch.pbx.application import Application
 from sipswitch.pbx.server import SipServer
 from sipswitch.sip.auth import AuthResult, DigestChallenger, compute_ha1, parse_credentials
 from sipswitch.sip.clock import LoopClock
@@ -101,6 +102,7 @@ class Net:
         self.network = LoopNetwork(self.clock, latency=0.0005)
         self.servers: list[SipServer] = []
         self.carriers: list[Carrier] = []
+        self.cleanups: list[Callable[[], None]] = []
         self._port = 7000
 
     async def server(
@@ -109,6 +111,7 @@ class Net:
         address: Address,
         config: str,
         extensions: tuple[str, ...] = (),
+        applications: Callable[[Settings], dict[str, Application]] | None = None,
     ) -> SipServer:
         folder = self.tmp_path / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,7 @@ class Net:
             out=lambda _: None,
             transports=LoopTransports(self.network, address),  # type: ignore[arg-type]
             trunks=TrunkManager(settings, retry_min=0.5, retry_max=2.0),
+            applications=applications(settings) if applications is not None else None,
         )
         await server.start()
         for number in extensions:
@@ -168,6 +172,9 @@ class Net:
         for server in reversed(self.servers):
             await server.stop()
         self.servers.clear()
+        for cleanup in self.cleanups:
+            cleanup()
+        self.cleanups.clear()
 
 
 def _address_of(server: SipServer) -> Address:

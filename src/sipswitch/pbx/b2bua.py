@@ -714,7 +714,10 @@ class Call:
         destination = route.destination
         if isinstance(destination, ToApplication):
             destination = Reject(404, "Not Found")
-        self.route(destination, (), 404)
+        # On the next turn of the loop: an outcome known at once (unknown number, no transit)
+        # must not reach the application before its ringback tone has started, or the tone
+        # is stopped before it plays and then never ends.
+        self.core.clock.call_later(0.0, self.route, destination, (), 404)
 
     def joined_by_application(self, leg: OutboundLeg) -> None:
         self.state = "answered"
