@@ -12,11 +12,11 @@ from collections.abc import Callable
 from ..sip.clock import Clock, TimerHandle
 from ..sip.dialog import new_call_id
 from ..sip.errors import SipError
-from ..sip.message import Headers, Request, Response
-from ..sip.transaction import ClientTransaction, new_branch, new_tag
+from ..sip.message import Request, Response
+from ..sip.transaction import ClientTransaction, new_tag
 from ..sip.transport.base import Address
-from ..sip.uri import format_host, parse_uri
-from .registration import Sender
+from ..sip.uri import format_host
+from .registration import Sender, new_request
 
 log = logging.getLogger("sipswitch.trunks")
 
@@ -145,24 +145,22 @@ class HealthMonitor:
     def _request(self) -> Request:
         destination = self.destination
         host, port = self.local_address(destination)
-        transport = destination.transport
-        suffix = "" if transport == "udp" else f";transport={transport}"
-        peer = format_host(self.host)
-        local = format_host(host)
+        suffix = "" if destination.transport == "udp" else f";transport={destination.transport}"
+        peer = f"sip:{format_host(self.host)}:{destination.port}"
         self._cseq += 1
-        headers = Headers()
-        headers.add(
-            "Via", f"SIP/2.0/{transport.upper()} {local}:{port};branch={new_branch()};rport"
+        request = new_request(
+            "OPTIONS",
+            peer + suffix,
+            destination,
+            (host, port),
+            f"<sip:sipswitch@{format_host(host)}>;tag={self._tag}",
+            f"<{peer}>",
+            self._call_id,
+            self._cseq,
+            self.user_agent,
         )
-        headers.add("Max-Forwards", "70")
-        headers.add("From", f"<sip:sipswitch@{local}>;tag={self._tag}")
-        headers.add("To", f"<sip:{peer}:{destination.port}>")
-        headers.add("Call-ID", self._call_id)
-        headers.add("CSeq", f"{self._cseq} OPTIONS")
-        headers.add("Accept", "application/sdp")
-        headers.add("User-Agent", self.user_agent)
-        uri = parse_uri(f"sip:{peer}:{destination.port}{suffix}")
-        return Request("OPTIONS", uri, headers)
+        request.headers.add("Accept", "application/sdp")
+        return request
 
     def _probe_ended(self, probe: _Probe, answered: bool, detail: str) -> None:
         if probe is not self._probe or not self._running:

@@ -38,6 +38,34 @@ class Sender(Protocol):
     ) -> ClientTransaction: ...
 
 
+def new_request(
+    method: str,
+    uri: str,
+    destination: Address,
+    local: tuple[str, int],
+    from_: str,
+    to: str,
+    call_id: str,
+    cseq: int,
+    user_agent: str,
+) -> Request:
+    """A request outside any dialog toward ``destination``, sent from ``local``."""
+    host, port = local
+    headers = Headers()
+    headers.add(
+        "Via",
+        f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
+        f";branch={new_branch()};rport",
+    )
+    headers.add("Max-Forwards", "70")
+    headers.add("From", from_)
+    headers.add("To", to)
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", f"{cseq} {method}")
+    headers.add("User-Agent", user_agent)
+    return Request(method, parse_uri(uri), headers)
+
+
 class RegistrationState(enum.Enum):
     IDLE = "idle"
     REGISTERING = "registering"
@@ -162,27 +190,23 @@ class LineRegistration:
         self.sender.send_request(request, self.destination, exchange)
 
     def _request(self, expires: int) -> Request:
-        trunk = self.trunk
-        destination = self.destination
-        host, port = self.local_address(destination)
-        domain = format_host(trunk.sip_domain)
-        user = trunk.username
+        host, port = self.local_address(self.destination)
+        aor = f"<sip:{self.trunk.username}@{format_host(self.trunk.sip_domain)}>"
         self.cseq += 1
-        headers = Headers()
-        headers.add(
-            "Via",
-            f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
-            f";branch={new_branch()};rport",
+        request = new_request(
+            "REGISTER",
+            self._request_uri(),
+            self.destination,
+            (host, port),
+            f"{aor};tag={self.tag}",
+            aor,
+            self.call_id,
+            self.cseq,
+            self.user_agent,
         )
-        headers.add("Max-Forwards", "70")
-        headers.add("From", f"<sip:{user}@{domain}>;tag={self.tag}")
-        headers.add("To", f"<sip:{user}@{domain}>")
-        headers.add("Call-ID", self.call_id)
-        headers.add("CSeq", f"{self.cseq} REGISTER")
-        headers.add("Contact", f"<{self.contact_uri(host, port)}>")
-        headers.add("Expires", str(expires))
-        headers.add("User-Agent", self.user_agent)
-        return Request("REGISTER", parse_uri(self._request_uri()), headers)
+        request.headers.add("Contact", f"<{self.contact_uri(host, port)}>")
+        request.headers.add("Expires", str(expires))
+        return request
 
     def contact_uri(self, host: str, port: int) -> str:
         transport = self.destination.transport
