@@ -1,6 +1,7 @@
 """Trunks between running servers, driven by SIPp: a multi-branch network of three sipswitch
 processes on distinct loopback addresses (two branches, 1xxx and 4xxx, and a trunk server, as in
-docs/multi-branch.md), and an external line registered to a second sipswitch acting as carrier.
+docs/multi-branch.md; branch A's trunk over UDP, branch B's over TCP), and an external line
+registered to a second sipswitch acting as carrier.
 """
 
 from __future__ import annotations
@@ -134,12 +135,12 @@ def test_branch_network(node: NodeFactory, sipp_uas: UasFactory, tmp_path: Path)
     checks = "options_interval = 1\noptions_failures = 2\n"
     hq.configure(
         _trunk("branch-a", a, "transit = true\nmax_incoming = 1\n" + checks)
-        + _trunk("branch-b", b, "transit = true\n" + checks)
+        + _trunk("branch-b", b, 'transit = true\ntransport = "tcp"\n' + checks)
         + _rule("1", "trunk:branch-a")
         + _rule("4", "trunk:branch-b")
     )
     a.configure(_trunk("hq", hq, checks) + _rule("4", "trunk:hq"))
-    b.configure(_trunk("hq", hq, checks) + _rule("1", "trunk:hq"))
+    b.configure(_trunk("hq", hq, 'transport = "tcp"\n' + checks) + _rule("1", "trunk:hq"))
     for server in (hq, a, b):
         server.add_extensions()
         server.start()

@@ -183,3 +183,18 @@ async def test_outside_calls_through_the_trunk_servers_line(net: Net) -> None:
     response, _ = await carrier.call("00441234")
     assert response.status == 403
     assert len(carrier.requests("INVITE")) == invites
+
+
+async def test_cancel_crosses_the_network(net: Net) -> None:
+    hq, a, b = await _network(net)
+    alice = await net.registered("1001", a)
+    dave = await net.registered("4001", b)
+    dave.answer = None
+    call = asyncio.create_task(alice.call("4001"))
+    ringing = await asyncio.wait_for(dave.incoming.get(), 2)
+    invite = alice.layer_client_invites()[-1]
+    invite.cancel()
+    response, _ = await asyncio.wait_for(call, 5)
+    assert response.status == 487
+    await eventually(lambda: ringing.cancelled)
+    await eventually(lambda: all(s.calls is not None and not s.calls.calls for s in (a, b, hq)))
