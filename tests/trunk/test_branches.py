@@ -198,3 +198,22 @@ async def test_cancel_crosses_the_network(net: Net) -> None:
     assert response.status == 487
     await eventually(lambda: ringing.cancelled)
     await eventually(lambda: all(s.calls is not None and not s.calls.calls for s in (a, b, hq)))
+
+
+async def test_a_branch_does_not_forward_calls_from_the_trunk_server_back(net: Net) -> None:
+    hq, a, b = await _network(net)
+    alice = await net.registered("1001", a)
+    bob = await net.registered("1002", a)
+    assert b.directory is not None
+    await b.database.extensions.set("4001", forward_always="1002")
+    await b.directory.load()
+    response, _ = await alice.call("4001")
+    assert response.status == 403
+    assert response.reason == "No transit through this server"
+    assert bob.incoming.empty()
+    # A call of branch B itself is forwarded.
+    dave = await net.registered("4002", b)
+    response, _ = await dave.call("4001")
+    assert response.status == 200
+    ring = await asyncio.wait_for(bob.incoming.get(), 2)
+    assert ring.request.from_.sip_uri.user == "4002"
