@@ -11,6 +11,7 @@ import struct
 import subprocess
 import time
 import wave
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ class Baresip:
         transport: str = "udp",
         audio_file: Path | None = None,
         answer_auto: bool = True,
+        extra_config: Sequence[str] = (),
     ) -> None:
         self.user = user
         self.sip_port = free_port()
@@ -84,6 +86,7 @@ class Baresip:
                     "module_app menu.so",
                     "module_app ctrl_tcp.so",
                     f"ctrl_tcp_listen {HOST}:{self.ctrl_port}",
+                    *extra_config,
                     "",
                 ]
             )
