@@ -118,7 +118,8 @@ class SipCallControl(CallControl):
     async def callto(
         self, destination: str, ring_timeout: float, caller_id: str | None
     ) -> CallOutcome:
-        self._media()
+        if self.call.ended.is_set():  # no media needed: a callto may come before any answer
+            raise CallerHungUp()
         outcome = await self.call.callto(destination, ring_timeout)
         return CallOutcome(outcome.value)
 

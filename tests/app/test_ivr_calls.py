@@ -123,3 +123,39 @@ async def _next_method(phone: Phone, method: str) -> object:
         request = await phone.in_dialog.get()
         if request.method == method:  # type: ignore[attr-defined]
             return request
+
+
+DIRECT = """<?xml version="1.0" encoding="utf-8"?>
+<mssxml version="1">
+  <action name="sales" method="callto">
+    <destination>201</destination>
+  </action>
+</mssxml>
+"""
+
+
+async def test_callto_before_answering_passes_the_callers_offer_on(lab: Lab) -> None:
+    """A script whose first action is callto: nothing was answered yet, so the call is put
+    through as a plain B2BUA call (the caller's offer to the callee, its answer back)."""
+    lab.extra_config = '[ivr.numbers]\n"802" = "direct.xml"\n'
+    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
+    (lab.tmp_path / "data" / "xml" / "direct.xml").write_text(DIRECT)
+    await lab.start_server(applications={})
+    await lab.stop_server()
+    ivr = IvrApplication(lab.settings)
+    ivr.start()
+    try:
+        await lab.start_server(applications={"ivr": ivr})
+        alice = await _registered(lab, "200")
+        bob = await _registered(lab, "201")
+        response, dialog = await alice.call("802")
+        assert response.status == 200 and dialog is not None
+        incoming = next(iter(bob.calls.values()))
+        assert incoming.request.body == alice.sdp  # the caller's offer went to the callee
+        assert response.body == bob.sdp  # and the callee's answer came back
+        ack = await asyncio.wait_for(_next_method(bob, "ACK"), 5)
+        assert ack is not None
+        assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
+        assert (await asyncio.wait_for(_next_method(bob, "BYE"), 5)).method == "BYE"
+    finally:
+        ivr.stop()

@@ -522,8 +522,9 @@ class Call:
         headers.add("Contact", f"<{core.contact_uri(from_user, destination)}>")
         headers.add("Allow", ALLOW_HEADER)
         headers.add("User-Agent", core.settings.sip.user_agent)
-        if self.application is not None:
+        if self.application is not None and self.application.answered:
             # Invited without an offer: the callee's offer goes to the caller (RFC 3725 flow I).
+            # (Before the application answered, the caller's own offer is passed on as usual.)
             return Request("INVITE", target, headers)
         for name in _BODY_HEADERS:
             value = original.headers.get(name)
@@ -834,6 +835,9 @@ class Call:
         inbound.txn.respond(reply)
         self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
         self._limit_duration(leg.number)
+        if self.application is not None:
+            # An application's callto before it answered: the caller now talks to the callee.
+            self.application.callto_finished(Outcome.ANSWERED)
         log.debug("call answered %s by %s", self.call_id, leg.request.uri)
 
     def _limit_duration(self, answered_by: str) -> None:
