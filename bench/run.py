@@ -1,6 +1,8 @@
 """Benchmark of sipswitch with SIPp on this machine (all traffic on 127.0.0.1), with Kamailio
 as the reference: authenticated REGISTER/s, calls/s through the B2BUA with response times,
-CPU and memory of the server, and memory with 100,000 registrations.
+CPU and memory of the server, memory with 100,000 registrations, and the IVR: how many calls
+at the auto attendant (800) one server keeps hearing its prompts with an RTP jitter p99 under
+5 ms at the receiver (and, as a reference, bench/media_bench.py's media sessions alone).
 
 Prints a table and writes ``bench-results/bench.json``. Every SIPp run is bounded by a call
 count and a time-out. ``--quick`` makes every step short (numbers are then rough)."""
@@ -27,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.blackbox.harness import SipswitchServer, options_ping, server_missing  # noqa: E402
 from tests.blackbox.ports import free_port  # noqa: E402
+from tests.blackbox.rtp_probe import RtpProbe, jitter_summary  # noqa: E402
 from tests.blackbox.sipp import Sipp, SippResult, run_sipp  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -39,6 +42,10 @@ KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 TARGET_CALLS_PER_S = 1000
 TARGET_REGISTER_PER_S = 2000
 TARGET_RSS_100K_MB = 500
+TARGET_IVR_CALLS = 500
+IVR_JITTER_LIMIT_MS = 5.0
+IVR_NUMBER = "800"  # the shipped auto attendant
+IVR_MAX_HOLD_S = 32.0  # the auto attendant hangs up by itself after about 35 s of silence
 MAX_FAILED_RATIO = 0.001
 SIPP_BUFFER = 4 * 1024 * 1024
 
@@ -54,6 +61,12 @@ class Plan:
     call_rates: list[int]
     kamailio_rates: list[int]
     registrations: int
+    ivr_calls: list[int] = field(default_factory=list)  # concurrent IVR calls, step by step
+    ivr_rate: int = 100  # calls set up per second (at least) while ramping to a step's count
+    ivr_ramp_s: float = 10.0  # at most this long: more calls are set up faster
+    ivr_measure_s: float = 10.0
+    media_sessions: list[int] = field(default_factory=list)  # media_bench.py steps
+    media_step_s: float = 8.0
 
 
 FULL = Plan(
@@ -62,6 +75,11 @@ FULL = Plan(
     call_rates=[50, 100, 200, 400, 700, 1000, 1500, 2000],
     kamailio_rates=[500, 1000, 2000, 3000, 4000, 5000, 6000],
     registrations=100_000,
+    ivr_calls=[200, 400, 600, 800, 1000, 1200, 1500, 2000],
+    ivr_rate=100,
+    ivr_measure_s=10.0,
+    media_sessions=[500, 1000, 1500, 2000, 3000],
+    media_step_s=8.0,
 )
 QUICK = Plan(
     step_s=5,
@@ -69,6 +87,11 @@ QUICK = Plan(
     call_rates=[50, 100, 250, 500, 1000],
     kamailio_rates=[500, 1000, 2000],
     registrations=10_000,
+    ivr_calls=[100, 250, 500, 750],
+    ivr_rate=100,
+    ivr_measure_s=4.0,
+    media_sessions=[250, 500, 1000],
+    media_step_s=4.0,
 )
 
 
@@ -488,6 +511,142 @@ def bench_kamailio(plan: Plan, workdir: Path) -> dict[str, Any]:
                 proc.wait(timeout=5)
 
 
+# ---------------------------------------------------------------- IVR
+
+
+def ivr_step(
+    server: SipswitchServer, workdir: Path, calls: int, plan: Plan, caller_password: str
+) -> dict[str, Any]:
+    """``calls`` SIPp calls to the auto attendant, set up at ``plan.ivr_rate`` per second (or
+    faster, to take at most ``plan.ivr_ramp_s``), all sending their RTP to one receiver (SDP
+    port from ``-key rtpport``). Once every call is heard, and a second more, the receiver
+    measures for ``plan.ivr_measure_s``: how far each packet's arrival strays from its
+    stream's 20 ms schedule (kernel receive timestamps), and how many streams stayed up the
+    whole time."""
+    settle_s = 1.0
+    rate = max(plan.ivr_rate, -(-calls // int(plan.ivr_ramp_s)))
+    ramp_s = calls / rate
+    hold_s = min(IVR_MAX_HOLD_S, 1.5 * ramp_s + 5 + settle_s + plan.ivr_measure_s)
+    pid = server.pid or 0
+    with RtpProbe(keep_payload=False) as probe:
+        probe.window = (0.0, 0.0)  # count sources only, until every call is heard
+        sipp = Sipp(
+            "ivr_uac_listen",
+            server.remote,
+            workdir,
+            service=IVR_NUMBER,
+            users=[(CALLER, caller_password)],
+            calls=calls,
+            rate=rate,
+            max_concurrent=calls,
+            call_length_ms=int(hold_s * 1000),
+            timeout_s=hold_s + ramp_s + 60,
+            timeout_is_error=False,
+            trace_messages=False,
+            buff_size=SIPP_BUFFER,
+            extra=["-key", "rtpport", str(probe.port)],
+            name=f"ivr-{calls}",
+        ).start()
+        started = time.monotonic()
+        heard = probe.wait_for_streams(calls, timeout_s=1.5 * ramp_s + 5)
+        ramp_took = time.monotonic() - started
+        measured: dict[str, Any] = {}
+        if heard:
+            begin = time.time() + settle_s
+            end = begin + plan.ivr_measure_s
+            probe.window = (begin, end)
+            time.sleep(settle_s)
+            cpu0 = tree_cpu_seconds(pid)
+            time.sleep(plan.ivr_measure_s + 0.2)
+            cpu = tree_cpu_seconds(pid) - cpu0
+            packets = probe.packets
+            measured = jitter_summary(packets, plan.ivr_measure_s)
+            last_seen: dict[int, float] = {}
+            for packet in packets:
+                last_seen[packet.ssrc] = packet.arrival
+            measured["streams_to_the_end"] = sum(1 for t in last_seen.values() if t >= end - 0.5)
+            measured["server_cpu_percent"] = round(100 * cpu / plan.ivr_measure_s, 1)
+        heard_count = len(probe.ssrcs)
+        result = sipp.wait(timeout_s=hold_s + ramp_s + 60)
+    p99 = measured.get("deviation_ms_p99")
+    ok = (
+        heard
+        and measured.get("streams_to_the_end") == calls
+        and p99 is not None
+        and p99 < IVR_JITTER_LIMIT_MS
+    )
+    return {
+        "calls": calls,
+        "rate": rate,
+        "heard": heard_count,
+        "ramp_s": round(ramp_took, 1),
+        **measured,
+        "sipp_successful": result.successful,
+        "sipp_failed": result.failed,
+        "memory_mb": memory_mb(pid) if pid else None,
+        "ok": bool(ok),
+    }
+
+
+def bench_ivr(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
+    """Concurrent calls at the auto attendant, step by step until the jitter limit is passed
+    (or not every call could be set up and heard); fills ``out`` as it goes."""
+    server = SipswitchServer(
+        workdir,
+        users={CALLER: "bench-ivr-caller-pw"},
+        extra_config='[log]\nlevel = "warning"',
+        name="sipswitch-ivr",
+    )
+    server.add_extensions()
+    server.start()
+    out.update(
+        number=IVR_NUMBER,
+        limit_ms=IVR_JITTER_LIMIT_MS,
+        rate=plan.ivr_rate,
+        measure_s=plan.ivr_measure_s,
+        max_calls=0,
+        steps=[],
+    )
+    try:
+        for calls in plan.ivr_calls:
+            step = ivr_step(server, workdir, calls, plan, server.users[CALLER])
+            out["steps"].append(step)
+            log(
+                f"  IVR {calls:>5} calls: heard {step['heard']}, to the end "
+                f"{step.get('streams_to_the_end', '-')}, jitter p50 "
+                f"{step.get('deviation_ms_p50', '-')} / p99 {step.get('deviation_ms_p99', '-')} "
+                f"/ max {step.get('deviation_ms_max', '-')} ms, lost {step.get('lost', '-')}, "
+                f"server CPU {step.get('server_cpu_percent', '-')} %"
+                + ("" if step["ok"] else "  -> limit reached")
+            )
+            if not step["ok"]:
+                break
+            out["max_calls"] = calls
+            out["at_max"] = step
+            time.sleep(3)  # let the calls of this step end before the next
+        out["limit_found"] = bool(out["steps"]) and not out["steps"][-1]["ok"]
+    finally:
+        out["exit_code"] = server.stop(check=False)
+
+
+def bench_media(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """bench/media_bench.py in its own process: MediaSessions alone, no SIP."""
+    report = workdir / "media-bench.json"
+    cmd = [
+        sys.executable, str(BENCH / "media_bench.py"), "--json", str(report),
+        "--seconds", f"{plan.media_step_s:g}",
+        "--sessions", *[str(n) for n in plan.media_sessions],
+    ]  # fmt: skip
+    budget = len(plan.media_sessions) * (plan.media_step_s + 30) + 60
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget)
+    for line in done.stderr.splitlines():
+        log("  " + line)
+    if done.returncode != 0 or not report.exists():
+        return {"error": f"media_bench.py exited {done.returncode}: {done.stderr[-2000:]}"}
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -498,6 +657,15 @@ def fmt(value: float | None, unit: str = "", digits: int = 0) -> str:
 def print_table(report: dict[str, Any]) -> None:
     sw = report.get("sipswitch", {})
     kam = report.get("kamailio", {})
+    ivr = report.get("ivr", {})
+    at_max = ivr.get("at_max", {})
+    media = report.get("media_bench", {})
+    media_steps = media.get("steps", [])
+    media_top = bool(media_steps) and all(step.get("ok") for step in media_steps)
+
+    def at_least(value: int | None, top: bool) -> str:
+        """A count; ``>= N`` when even the last step passed (the limit is higher)."""
+        return f">= {value:,}" if top and value else fmt(value)
     reg = sw.get("register", {})
     calls = sw.get("calls", {})
     regs = sw.get("registrations", {})
@@ -559,6 +727,25 @@ def print_table(report: dict[str, Any]) -> None:
             ),
             "",
         ),
+        (
+            f"IVR: concurrent calls at {IVR_NUMBER} playing a prompt, jitter p99 < "
+            f"{IVR_JITTER_LIMIT_MS:g} ms",
+            at_least(ivr.get("max_calls"), ivr.get("limit_found") is False),
+            f">= {TARGET_IVR_CALLS}",
+            verdict(ivr.get("max_calls", 0) >= TARGET_IVR_CALLS if "steps" in ivr else None),
+            "",
+        ),
+        (
+            "  IVR jitter p50 / p99 at that count",
+            f"{fmt(at_max.get('deviation_ms_p50'), ' ms', 2)} / "
+            f"{fmt(at_max.get('deviation_ms_p99'), ' ms', 2)}",
+            "", "", "",
+        ),
+        (
+            "media sessions alone (media_bench.py), p99 < 5 ms",
+            at_least(media.get("max_sessions"), media_top),
+            "", "", "",
+        ),
     ]  # fmt: skip
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     print()
@@ -575,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short steps, 10,000 registrations")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "bench.json")
     parser.add_argument("--skip-kamailio", action="store_true")
+    parser.add_argument("--skip-ivr", action="store_true", help="no IVR or media rows")
+    parser.add_argument(
+        "--ivr-only", action="store_true", help="only the IVR and media rows (no SIP phases)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder with logs")
     args = parser.parse_args(argv)
 
@@ -600,19 +791,28 @@ def main(argv: list[str] | None = None) -> int:
             "calls_per_s": TARGET_CALLS_PER_S,
             "register_per_s": TARGET_REGISTER_PER_S,
             "rss_100k_registrations_mb": TARGET_RSS_100K_MB,
+            "ivr_concurrent_calls": TARGET_IVR_CALLS,
+            "ivr_jitter_p99_ms": IVR_JITTER_LIMIT_MS,
         },
         "workdir": str(workdir),
     }
     code = 0
     try:
-        report["sipswitch"] = {}
-        bench_sipswitch(plan, workdir, report["sipswitch"])
-        if not args.skip_kamailio:
-            report["kamailio"] = bench_kamailio(plan, workdir)
-            kam_best = report["kamailio"].get("best_rate")
-            sw_best = report["sipswitch"].get("calls", {}).get("best_rate")
-            if kam_best and sw_best is not None:
-                report["ratio_calls_to_kamailio"] = round(sw_best / kam_best, 4)
+        if not args.ivr_only:
+            report["sipswitch"] = {}
+            bench_sipswitch(plan, workdir, report["sipswitch"])
+            if not args.skip_kamailio:
+                report["kamailio"] = bench_kamailio(plan, workdir)
+                kam_best = report["kamailio"].get("best_rate")
+                sw_best = report["sipswitch"].get("calls", {}).get("best_rate")
+                if kam_best and sw_best is not None:
+                    report["ratio_calls_to_kamailio"] = round(sw_best / kam_best, 4)
+        if not args.skip_ivr:
+            log(f"IVR: concurrent calls at {IVR_NUMBER}, RTP jitter at the receiver")
+            report["ivr"] = {}
+            bench_ivr(plan, workdir, report["ivr"])
+            log("media sessions alone (bench/media_bench.py)")
+            report["media_bench"] = bench_media(plan, workdir)
     except Exception as exc:  # report what was measured before the failure
         report["error"] = f"{exc.__class__.__name__}: {exc}"
         print(f"benchmark failed: {report['error']}", file=sys.stderr)
