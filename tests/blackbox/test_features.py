@@ -50,6 +50,8 @@ def _call(server: SipswitchServer, number: str, workdir: Path) -> SippResult:
         service=number,
         users=[("200", server.users["200"])],
         timeout_s=60,
+        # Forwarding on no answer waits 5 s with nothing new for the caller to receive.
+        recv_timeout_ms=15000,
         name=f"call-{number}",
     )
 
