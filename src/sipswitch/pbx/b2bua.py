@@ -763,6 +763,11 @@ class Call:
         inbound = self.inbound
         if inbound.txn.last_response is not None and inbound.txn.last_response.status >= 200:
             return
+        inbound.txn.respond(self._reply_to_caller(response))
+
+    def _reply_to_caller(self, response: Response) -> Response:
+        """The callee's provisional or final response, as the caller's dialog sends it."""
+        inbound = self.inbound
         inbound.ensure_dialog()
         reply = self.core.build_response(
             inbound.txn.request,
@@ -775,7 +780,22 @@ class Call:
         reply.headers.add(
             "Contact", f"<{self.core.contact_uri(self.callee.number, inbound.source)}>"
         )
-        inbound.txn.respond(reply)
+        return reply
+
+    def _take_answer(
+        self, leg: OutboundLeg, dialog: Dialog, response: Response, attempt: Attempt
+    ) -> None:
+        """``leg`` answered: it becomes the callee's side, the other contacts are let go."""
+        leg.final_status = response.status
+        leg.dialog = dialog
+        self.manager.register_dialog(dialog, leg)
+        self.answered = leg
+        self.final_status = response.status
+        for number in attempt.members:
+            if number != leg.number:
+                self.manager.limits.leave(self, number)
+        attempt.cancel_forks(keep=leg)
+        attempt.finish(Outcome.ANSWERED, response.status)
 
     def _on_outbound_answer(self, leg: OutboundLeg, response: Response) -> None:
         if self.answered is leg:
@@ -792,45 +812,14 @@ class Call:
             self._ack_and_bye(leg, dialog)
             return
         if self.application is not None and self.application.answered:
-            leg.final_status = response.status
-            leg.dialog = dialog
-            self.manager.register_dialog(dialog, leg)
-            self.answered = leg
-            self.final_status = response.status
-            attempt.cancel_forks(keep=leg)
-            attempt.over = True
-            if attempt.timer is not None:
-                attempt.timer.cancel()
-            for number in attempt.members:
-                if number != leg.number:
-                    self.manager.limits.leave(self, number)
+            self._take_answer(leg, dialog, response, attempt)
             self.application.join(leg, response)
             return
-        leg.final_status = response.status
-        leg.dialog = dialog
-        self.manager.register_dialog(dialog, leg)
-        self.answered = leg
         self.state = "answered"
         self.answer_time = self.core.clock.wall()
-        self.final_status = response.status
-        for number in attempt.members:
-            if number != leg.number:
-                self.manager.limits.leave(self, number)
-        attempt.cancel_forks(keep=leg)
-        attempt.finish(Outcome.ANSWERED, response.status)
+        self._take_answer(leg, dialog, response, attempt)
         inbound = self.inbound
-        inbound.ensure_dialog()
-        reply = self.core.build_response(
-            inbound.txn.request,
-            response.status,
-            response.reason,
-            to_tag=inbound.tag,
-            body=response.body,
-        )
-        self._copy_body_headers(response, reply)
-        reply.headers.add(
-            "Contact", f"<{self.core.contact_uri(self.callee.number, inbound.source)}>"
-        )
+        reply = self._reply_to_caller(response)
         reply.headers.add("Allow", ALLOW_HEADER)
         inbound.txn.respond(reply)
         self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
