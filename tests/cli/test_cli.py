@@ -59,9 +59,11 @@ def test_ext_add_list_set_remove(capsys: pytest.CaptureFixture[str], data: Path)
     code, out, _ = run(capsys, "ext", "list", "--data", str(data))
     lines = out.splitlines()
     assert code == 0
-    assert lines[0].split() == ["NUMBER", "NAME", "MAX", "CALLS", "MAX", "OUTGOING", "ENABLED"]
-    assert lines[1].split() == ["100", "Alice", "unlimited", "unlimited", "yes"]
-    assert lines[2].split() == ["101", "2", "0", "yes"]
+    assert lines[0].split() == [
+        "NUMBER", "NAME", "MAX", "CALLS", "MAX", "OUTGOING", "ENABLED", "MEDIA"
+    ]  # fmt: skip
+    assert lines[1].split() == ["100", "Alice", "unlimited", "unlimited", "yes", "auto"]
+    assert lines[2].split() == ["101", "2", "0", "yes", "auto"]
     assert "pw-100" not in out and ext.ha1_md5 not in out
 
     code, out, _ = run(capsys, "ext", "set", "100", "--disable", "--max-calls", "1",
@@ -223,3 +225,14 @@ def test_serve_runs_the_server_with_the_settings(
     code, _, err = run(capsys, "serve", "--config", str(config))
     assert code == 1 and f"{config}:2:" in err
     assert len(seen) == 1
+
+
+def test_ext_set_forward_media(capsys: pytest.CaptureFixture[str], data: Path) -> None:
+    assert run(capsys, "ext", "add", "100", "--password", "pw", "--data", str(data))[0] == 0
+    assert extensions(data)["100"].forward_media is False
+    code, out, _ = run(capsys, "ext", "set", "100", "--forward-media", "--data", str(data))
+    assert code == 0 and extensions(data)["100"].forward_media is True
+    _, out, _ = run(capsys, "ext", "list", "--data", str(data))
+    assert out.splitlines()[1].split()[-1] == "relayed"
+    assert run(capsys, "ext", "set", "100", "--no-forward-media", "--data", str(data))[0] == 0
+    assert extensions(data)["100"].forward_media is False

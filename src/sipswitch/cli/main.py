@@ -146,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         default=argparse.SUPPRESS,
     )
+    media = change.add_mutually_exclusive_group()
+    media.add_argument(
+        "--forward-media",
+        dest="forward_media",
+        action="store_const",
+        const=True,
+        default=argparse.SUPPRESS,
+        help="relay this extension's calls' RTP through the server",
+    )
+    media.add_argument(
+        "--no-forward-media",
+        dest="forward_media",
+        action="store_const",
+        const=False,
+        default=argparse.SUPPRESS,
+        help="let media flow directly unless NAT or address realms need the relay",
+    )
     change.add_argument(
         "--voicemail-pin",
         dest="voicemail_pin",
@@ -310,7 +327,7 @@ def _ext_list(args: argparse.Namespace) -> int:
         print("No extensions.")
         return 0
     realm = settings.sip.realm
-    header = ("NUMBER", "NAME", "MAX CALLS", "MAX OUTGOING", "ENABLED")
+    header = ("NUMBER", "NAME", "MAX CALLS", "MAX OUTGOING", "ENABLED", "MEDIA")
     rows = [
         (
             ext.number + ("*" if ext.realm != realm else ""),
@@ -318,6 +335,7 @@ def _ext_list(args: argparse.Namespace) -> int:
             _show_limit(ext.max_calls),
             _show_limit(ext.max_outgoing_calls),
             "yes" if ext.enabled else "no",
+            "relayed" if ext.forward_media else "auto",
         )
         for ext in extensions
     ]
@@ -354,6 +372,7 @@ def _ext_set(args: argparse.Namespace) -> int:
         "max_call_duration",
         "voicemail",
         "voicemail_pin",
+        "forward_media",
     )
     for feature in features:
         if hasattr(args, feature):
@@ -361,7 +380,8 @@ def _ext_set(args: argparse.Namespace) -> int:
     if not changes:
         raise CommandError(
             "nothing to change: give --password, --name, --max-calls, --max-outgoing, "
-            "--forward-..., --no-answer-timeout, --max-duration, --enable or --disable"
+            "--forward-..., --no-answer-timeout, --max-duration, --[no-]forward-media, --enable "
+            "or --disable"
         )
 
     async def work(db: Database) -> Extension:

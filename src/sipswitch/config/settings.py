@@ -262,6 +262,95 @@ class TlsSettings(Section):
         return path if path.is_absolute() else data_dir / path
 
 
+def _cidrs(value: list[str]) -> list[str]:
+    """CIDR networks (or single addresses), normalised; ValueError naming the bad entry."""
+    if len(value) > 1024:
+        raise ValueError("at most 1024 entries")
+    out: list[str] = []
+    for item in value:
+        try:
+            network = ipaddress.ip_network(item.strip().strip("[]"), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+        out.append(str(network))
+    return out
+
+
+def _ip_literal(value: str) -> str:
+    value = value.strip().strip("[]")
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value[:60]!r} is not an IP address") from None
+
+
+class NatSettings(Section):
+    """The server's addresses toward its own networks and toward the outside, and NAT handling
+    of phones. Toward a peer inside ``local_networks`` the server advertises ``local_address``
+    (empty: the address the system routes from); toward any other peer ``external_address``
+    (empty: the same as toward the LAN, i.e. no NAT in front of the server)."""
+
+    local_address: str = ""
+    external_address: str = ""
+    local_networks: list[str] = Field(
+        default_factory=lambda: [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "::1/128",
+            "fc00::/7",
+            "fe80::/10",
+        ]
+    )
+
+    @field_validator("local_address", "external_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _ip_literal(value)
+
+    @field_validator("local_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _cidrs(value)
+
+
+class RelaySettings(Section):
+    """The media relay ("forward media stream"): which engine, and when calls use it.
+    ``engine`` is "inprocess" (the default, RTP relayed by the server process, ports from
+    ``[media]``) or "rtpengine" (an rtpengine daemon driven over its ng protocol at
+    ``rtpengine``). ``always`` relays every call; otherwise calls are relayed when an
+    extension or trunk asks for it, a side is behind NAT, or the sides are in different
+    address realms. ``timeout`` ends an answered call whose media stopped for that long."""
+
+    engine: str = "inprocess"
+    rtpengine: str = "127.0.0.1:2223"
+    always: bool = False
+    timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value not in ("inprocess", "rtpengine"):
+            raise ValueError('engine must be "inprocess" or "rtpengine"')
+        return value
+
+    @field_validator("rtpengine")
+    @classmethod
+    def _ng_address(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("rtpengine must be HOST:PORT (the ng control address)")
+        if not _ip_literal(host):
+            raise ValueError("rtpengine needs an IP address before the port")
+        return value
+
+
 class SecuritySettings(Section):
     """Brute-force bans, per-source rate limits, overload answers and scanner filtering."""
 
@@ -299,16 +388,7 @@ class SecuritySettings(Section):
     @field_validator("allow")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        if len(value) > 1024:
-            raise ValueError("at most 1024 entries")
-        out: list[str] = []
-        for item in value:
-            try:
-                network = ipaddress.ip_network(item.strip().strip("[]"), strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
-            out.append(str(network))
-        return out
+        return _cidrs(value)
 
     @field_validator("scanner_user_agents")
     @classmethod
@@ -337,6 +417,8 @@ class Settings(Section):
     tls: TlsSettings | None = None  # no [tls] table: TLS is off
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    nat: NatSettings = Field(default_factory=NatSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
     groups: list[GroupSettings] = Field(default_factory=list)
     dialplan: list[DialRule] = Field(default_factory=list)
     lists: ListSettings = Field(default_factory=ListSettings)

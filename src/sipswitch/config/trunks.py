@@ -84,6 +84,7 @@ class TrunkSettings(BaseModel):
     options_failures: Annotated[int, Field(ge=1, le=100)] = 3
     transit: bool | list[str] = False
     sources: list[str] = Field(default_factory=list)
+    forward_media: bool = False  # relay the RTP of this trunk's calls through the server
 
     @field_validator("name")
     @classmethod

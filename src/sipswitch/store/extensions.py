@@ -43,6 +43,7 @@ class Extension:
     max_call_duration: int | None = None
     voicemail: bool = False
     voicemail_pin: str | None = None
+    forward_media: bool = False  # relay this extension's RTP through the server
 
 
 FORWARD_KINDS = ("always", "busy", "no_answer", "unreachable")
@@ -148,6 +149,8 @@ def _feature_values(features: dict[str, Any]) -> dict[str, Any]:
         values["voicemail"] = bool(features["voicemail"])
     if "voicemail_pin" in features:
         values["voicemail_pin"] = validate_pin(features["voicemail_pin"])
+    if "forward_media" in features:
+        values["forward_media"] = bool(features["forward_media"])
     unknown = set(features) - set(values)
     if unknown:
         raise InvalidExtension(f"unknown extension settings: {', '.join(sorted(unknown))}")
@@ -164,6 +167,7 @@ def _from_row(row: Row[Any]) -> Extension:
         max_call_duration=row.max_call_duration,
         voicemail=bool(row.voicemail),
         voicemail_pin=row.voicemail_pin,
+        forward_media=bool(row.forward_media),
         number=row.number,
         display_name=row.display_name,
         realm=row.realm,

@@ -44,6 +44,8 @@ extensions = Table(
     Column("max_call_duration", Integer, nullable=True),
     Column("voicemail_pin", String(16), nullable=True),
     Column("voicemail", Boolean, nullable=False, default=False, server_default=false()),
+    # Media relay (migration 0003).
+    Column("forward_media", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 bindings = Table(
