@@ -68,11 +68,11 @@ class ApplicationCall:
         request = txn.request
         if not request.body:
             raise ApplicationError(488, "An offer is needed to reach this number")
-        host = core.local_address(call.inbound.source)[0]
+        bind, advertise = core.media_addresses(call.inbound.source)
         try:
             offer = parse_sdp(request.body)
-            media = await MediaSession.open(self.allocator, host, core.clock)
-            answer, choice = negotiate.answer(offer, host, media.local_port)
+            media = await MediaSession.open(self.allocator, bind, core.clock)
+            answer, choice = negotiate.answer(offer, advertise, media.local_port)
         except SdpError as exc:
             raise ApplicationError(exc.status, exc.reason) from None
         media.set_remote(

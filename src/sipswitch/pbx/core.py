@@ -27,6 +27,7 @@ from ..sip.transport.base import Address
 from ..sip.uri import SipUri, format_host
 from ..sip.validate import UnsupportedExtension, check_request
 from ..store import Extension
+from .addresses import AddressPlan
 from .directory import ExtensionDirectory
 from .security import SecurityGate
 
@@ -118,6 +119,7 @@ class PbxCore:
             algorithms=settings.sip.auth_algorithms,
         )
         self.protocol_log = RateLimitedLog(log)
+        self.addresses = AddressPlan(settings.nat)
         self.handlers: dict[str, Callable[[Request, ServerTransaction, Address], None]] = {}
         self.dialogs: DialogRouter | None = None
         self.accepting_calls = True
@@ -290,7 +292,16 @@ class PbxCore:
 
     # --- addresses ---
     def local_address(self, destination: Address) -> tuple[str, int]:
-        return self.transports.local_address(destination.transport, destination.host)
+        """The (host, port) to name in Via/Contact toward ``destination``: the local or the
+        external address by the peer's realm (``[nat]``), the listening port."""
+        host, port = self.transports.local_address(destination.transport, destination.host)
+        return self.addresses.advertised(destination.host, host), port
+
+    def media_addresses(self, destination: Address) -> tuple[str, str]:
+        """(bind, advertise) for media toward ``destination``: the address to open RTP sockets
+        on, and the one to write in SDP (they differ when the server is behind a NAT)."""
+        host, _ = self.transports.local_address(destination.transport, destination.host)
+        return host, self.addresses.advertised(destination.host, host)
 
     def contact_uri(self, user: str, destination: Address) -> str:
         host, port = self.local_address(destination)
