@@ -2,7 +2,9 @@
 as the reference: authenticated REGISTER/s, calls/s through the B2BUA with response times,
 CPU and memory of the server, memory with 100,000 registrations, and the IVR: how many calls
 at the auto attendant (800) one server keeps hearing its prompts with an RTP jitter p99 under
-5 ms at the receiver (and, as a reference, bench/media_bench.py's media sessions alone).
+5 ms at the receiver (and, as a reference, bench/media_bench.py's media sessions alone), and
+the media relay: concurrent relayed G.711 calls under 0.1 % packet loss with the latency the
+relay adds, for the in-process relay and for rtpengine (bench/relay_bench.py).
 
 Prints a table and writes ``bench-results/bench.json``. Every SIPp run is bounded by a call
 count and a time-out. ``--quick`` makes every step short (numbers are then rough)."""
@@ -43,6 +45,8 @@ TARGET_CALLS_PER_S = 1000
 TARGET_REGISTER_PER_S = 2000
 TARGET_RSS_100K_MB = 500
 TARGET_IVR_CALLS = 500
+TARGET_RELAY_CALLS = {"inprocess": 300, "rtpengine": 2000}
+RELAY_ENGINES = {"inprocess": "in-process", "rtpengine": "rtpengine"}
 IVR_JITTER_LIMIT_MS = 5.0
 IVR_NUMBER = "800"  # the shipped auto attendant
 IVR_MAX_HOLD_S = 32.0  # the auto attendant hangs up by itself after about 35 s of silence
@@ -67,6 +71,8 @@ class Plan:
     ivr_measure_s: float = 10.0
     media_sessions: list[int] = field(default_factory=list)  # media_bench.py steps
     media_step_s: float = 8.0
+    relay_step_s: float = 10.0  # bench/relay_bench.py: seconds per step
+    relay_budget_s: float = 400.0  # and for its whole run (both engines)
 
 
 FULL = Plan(
@@ -92,6 +98,8 @@ QUICK = Plan(
     ivr_measure_s=4.0,
     media_sessions=[250, 500, 1000],
     media_step_s=4.0,
+    relay_step_s=3.0,
+    relay_budget_s=120.0,
 )
 
 
@@ -647,6 +655,39 @@ def bench_media(plan: Plan, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def bench_relay(plan: Plan, workdir: Path) -> dict[str, Any]:
+    """bench/relay_bench.py in its own process: the relay engines alone, no SIP. Returns its
+    report with, per engine, the most calls under the loss limit and that step's numbers."""
+    report = workdir / "relay-bench.json"
+    cmd = [
+        sys.executable, str(BENCH / "relay_bench.py"), "--out", str(report),
+        "--duration", f"{plan.relay_step_s:g}", "--budget", f"{plan.relay_budget_s:g}",
+    ]  # fmt: skip
+    if plan.relay_step_s < FULL.relay_step_s:
+        cmd.append("--quick")  # its shorter list of steps
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:  # its table, step by step
+            log("  " + line.rstrip())
+        try:
+            process.wait(timeout=plan.relay_budget_s + 120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if process.returncode != 0 or not report.exists():
+        return {"error": f"relay_bench.py exited {process.returncode}"}
+    result: dict[str, Any] = json.loads(report.read_text())
+    for engine, summary in result.get("summary", {}).items():
+        steps = result.get("steps", {}).get(engine, [])
+        best = summary.get("max_calls_under_loss_limit", 0)
+        summary["at_max"] = next((s for s in steps if s["calls"] == best and s["passed"]), None)
+        # Every step passed: the relay's limit lies beyond the last step.
+        summary["limit_found"] = bool(steps) and not steps[-1]["passed"]
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -747,6 +788,27 @@ def print_table(report: dict[str, Any]) -> None:
             "", "", "",
         ),
     ]  # fmt: skip
+    relay = report.get("relay", {})
+    for engine, label in RELAY_ENGINES.items():
+        if "skipped" in relay:
+            break
+        summary = relay.get("summary", {}).get(engine)
+        target = TARGET_RELAY_CALLS[engine]
+        best = None if summary is None else summary.get("max_calls_under_loss_limit")
+        step = (summary or {}).get("at_max") or {}
+        rows.append((
+            f"relay ({label}): concurrent G.711 calls, 20 ms both ways, loss < 0.1 %",
+            at_least(best, summary is not None and summary.get("limit_found") is False),
+            f">= {target:,}",
+            verdict(None if best is None else best >= target),
+            "",
+        ))
+        rows.append((
+            "  relay latency added p99 / loss at that count",
+            f"{fmt(step.get('added_p99_ms'), ' ms', 2)} / "
+            f"{fmt(None if not step else 100 * step['loss'], ' %', 3)}",
+            "", "", "",
+        ))  # fmt: skip
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     print()
     for i, row in enumerate(rows):
@@ -763,6 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench-results" / "bench.json")
     parser.add_argument("--skip-kamailio", action="store_true")
     parser.add_argument("--skip-ivr", action="store_true", help="no IVR or media rows")
+    parser.add_argument("--skip-relay", action="store_true", help="no media relay rows")
     parser.add_argument(
         "--ivr-only", action="store_true", help="only the IVR and media rows (no SIP phases)"
     )
@@ -793,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_100k_registrations_mb": TARGET_RSS_100K_MB,
             "ivr_concurrent_calls": TARGET_IVR_CALLS,
             "ivr_jitter_p99_ms": IVR_JITTER_LIMIT_MS,
+            "relay_calls": TARGET_RELAY_CALLS,
         },
         "workdir": str(workdir),
     }
@@ -813,6 +877,11 @@ def main(argv: list[str] | None = None) -> int:
             bench_ivr(plan, workdir, report["ivr"])
             log("media sessions alone (bench/media_bench.py)")
             report["media_bench"] = bench_media(plan, workdir)
+        if args.skip_relay:
+            report["relay"] = {"skipped": "--skip-relay"}
+        else:
+            log("media relay: relayed G.711 calls, in-process and rtpengine (relay_bench.py)")
+            report["relay"] = bench_relay(plan, workdir)
     except Exception as exc:  # report what was measured before the failure
         report["error"] = f"{exc.__class__.__name__}: {exc}"
         print(f"benchmark failed: {report['error']}", file=sys.stderr)
