@@ -6,7 +6,7 @@ import ipaddress
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
@@ -241,6 +241,10 @@ class TlsSettings(Section):
     # CA certificates trusted when sipswitch connects to other servers over TLS; empty: the
     # system's store.
     ca_file: str = ""
+    # Ask TLS clients for a certificate: "none" (phones connect as before), or "optional": a
+    # client may present one, which must then verify against ``ca_file`` (or the system's
+    # store); trunks with transport "tls" are recognised by what it names.
+    verify_clients: Literal["none", "optional"] = "none"
     handshake_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     max_connections_per_source: Annotated[int, Field(ge=1, le=100_000)] = 32
 

@@ -157,6 +157,8 @@ class SipServer:
             client_context=build_client_context(tls.path(tls.ca_file, data_dir), files),
             handshake_timeout=tls.handshake_timeout,
             max_connections_per_host=tls.max_connections_per_source,
+            verify_clients=tls.verify_clients == "optional",
+            client_ca=tls.path(tls.ca_file, data_dir),
         )
         transport.admit = security.admit_connection
         await self.transports.start_tls(transport, self.settings.sip.listen, tls.port)

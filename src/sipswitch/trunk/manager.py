@@ -5,6 +5,23 @@ can take a call, and writes their state to ``DATA/trunks.json`` for ``sipswitch 
 Recognising a trunk: a request from one of its resolved addresses — with the trunk's port over
 UDP (a peer sends from its listening socket), any port over TCP/TLS (connections come from
 ephemeral ports) — or from one of its ``sources`` networks.
+
+Trunks with ``transport = "tls"`` are recognised by certificate instead (RFC 5922): a request
+counts as the trunk's only when it arrived over TLS on a connection whose verified certificate
+names the trunk's ``host`` — a SIP domain identity (subjectAltName ``sip:`` URI, else DNS name,
+never a wildcard) for a host name, an iPAddress subjectAltName for an IP literal. That is the
+client certificate of a connection the peer opened (the server asks for one with ``[tls]
+verify_clients = "optional"``), or the server certificate of a connection this server opened to
+the trunk (verified before anything was sent, so requests the peer sends back on it are the
+trunk's). A TLS trunk without ``sources`` is recognised by its certificate alone, from any
+address; one with ``sources`` needs the certificate *and* a source among its resolved address
+and those networks. Such a trunk is never recognised by its address alone, nor over UDP or TCP.
+
+Outgoing TLS: once the transports are up, the resolved address of each TLS trunk is bound to the
+trunk's ``host`` (``TlsTransport.expect_domain``), so registrations, health checks and calls may
+open a connection there, which is used only when the server's certificate verifies against
+``[tls] ca_file`` (or the system's store) and names that host. Without a ``[tls]`` section such a
+trunk cannot be used, and says so in its status.
 """
 
 from __future__ import annotations
@@ -23,8 +40,11 @@ from typing import Any, Protocol
 from ..config.settings import Settings
 from ..config.trunks import TrunkSettings
 from ..pbx.b2bua import trunk_profile
+from ..pbx.core import RateLimitedLog
 from ..sip.clock import Clock
 from ..sip.transport.base import Address
+from ..sip.transport.manager import TransportManager
+from ..sip.transport.tls import TlsTransport
 from .health import Health, HealthMonitor
 from .registration import RETRY_MAX, RETRY_MIN, LineRegistration, Sender
 
@@ -44,6 +64,9 @@ class Core(Protocol):
 
     @property
     def clock(self) -> Clock: ...
+
+    @property
+    def transports(self) -> object: ...  # TLS trunks need a TransportManager with TLS
 
     def local_address(self, destination: Address) -> tuple[str, int]: ...
 
@@ -75,7 +98,20 @@ class TrunkManager:
         self.monitors: dict[str, HealthMonitor] = {}
         self._by_source: dict[tuple[str, int | None], TrunkSettings] = {}
         self._networks: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, TrunkSettings]]
-        self._networks = [(ipaddress.ip_network(n), t) for t in settings.trunks for n in t.sources]
+        self._networks = [
+            (ipaddress.ip_network(n), t)
+            for t in settings.trunks
+            if t.transport != "tls"
+            for n in t.sources
+        ]
+        # TLS trunks, recognised by certificate; the addresses they are reached at.
+        self._tls_trunks = [t for t in settings.trunks if t.transport == "tls"]
+        self._tls_networks = {
+            t.name: [ipaddress.ip_network(n) for n in t.sources] for t in self._tls_trunks
+        }
+        self._tls_hosts: dict[str, TrunkSettings] = {}
+        self.tls: TlsTransport | None = None  # set by ``start`` when the server has TLS
+        self._refusals = RateLimitedLog(log, burst=10, interval=60.0)
         self._core: Core | None = None
         self._counter: CallCounter | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,6 +124,14 @@ class TrunkManager:
         """The trunk a request from ``source`` comes from, if any."""
         if not self.trunks:
             return None
+        found = self._identify_by_certificate(source) if self._tls_trunks else None
+        if found is None:
+            found = self._identify_by_address(source)
+            if found is None and source.host in self._tls_hosts:
+                self._refused(source, self._tls_hosts[source.host])
+        return found
+
+    def _identify_by_address(self, source: Address) -> TrunkSettings | None:
         port = source.port if source.transport == "udp" else None
         found = self._by_source.get((source.host, port))
         if found is not None or not self._networks:
@@ -101,6 +145,51 @@ class TrunkManager:
                 return trunk
         return None
 
+    def _peer_identities(self, source: Address) -> frozenset[str]:
+        tls = self.tls
+        if tls is None or source.transport != "tls":
+            return frozenset()
+        return tls.peer_identities(source)
+
+    def _identify_by_certificate(self, source: Address) -> TrunkSettings | None:
+        """The first TLS trunk whose host the verified certificate of ``source``'s connection
+        names (and whose addresses it comes from, when the trunk lists ``sources``)."""
+        names = self._peer_identities(source)
+        if not names:
+            return None
+        for trunk in self._tls_trunks:
+            if trunk.host in names and (
+                not trunk.sources or self._tls_address_of(trunk, source.host)
+            ):
+                return trunk
+        return None
+
+    def _refused(self, source: Address, trunk: TrunkSettings) -> None:
+        """Say why a request from a TLS trunk's own address was not taken as the trunk's."""
+        if source.transport != "tls":
+            why = f"it came over {source.transport.upper()}; the trunk is recognised over TLS"
+        else:
+            names = self._peer_identities(source)
+            why = (
+                f"its certificate names {', '.join(sorted(names))}, not {trunk.host}"
+                if names
+                else "no verified certificate on its connection (client certificates are "
+                'asked for with [tls] verify_clients = "optional")'
+            )
+        self._refusals.warning(
+            "request from %s not taken as trunk %s: %s", source, trunk.name, why
+        )
+
+    def _tls_address_of(self, trunk: TrunkSettings, host: str) -> bool:
+        address = self.addresses.get(trunk.name)
+        if address is not None and address.host == host:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._tls_networks[trunk.name])
+
     def lookup(self, name: str) -> TrunkSettings | None:
         return self.trunks.get(name)
 
@@ -109,7 +198,7 @@ class TrunkManager:
         return self.addresses.get(name) if self.available(name) else None
 
     def available(self, name: str) -> bool:
-        if name not in self.addresses:
+        if name not in self.addresses or name in self.problems:
             return False
         monitor = self.monitors.get(name)
         if monitor is not None and monitor.health is Health.DOWN:
@@ -155,6 +244,10 @@ class TrunkManager:
         self.problems.pop(trunk.name, None)
         address = Address(trunk.transport, host, trunk.port)
         self.addresses[trunk.name] = address
+        if trunk.transport == "tls":
+            # Recognised by certificate, not by this address (see identify).
+            self._tls_hosts.setdefault(host, trunk)
+            return True
         key = (host, trunk.port if trunk.transport == "udp" else None)
         other = self._by_source.get(key)
         if other is not None and other.name != trunk.name:
@@ -174,6 +267,9 @@ class TrunkManager:
         self._core = core
         self._counter = counter
         self._stopping = self._stopped = False
+        transports = core.transports
+        if self.tls is None and isinstance(transports, TransportManager):
+            self.tls = transports.tls
         for name in self.trunks:
             if name in self.addresses:
                 self._start_trunk(name)
@@ -188,6 +284,8 @@ class TrunkManager:
         trunk = self.trunks[name]
         address = self.addresses[name]
         agent = self.settings.sip.user_agent
+        if trunk.transport == "tls" and not self._expect_tls(trunk, address):
+            return
         if trunk.kind == "line":
             registration = LineRegistration(
                 trunk,
@@ -217,6 +315,17 @@ class TrunkManager:
             )
             self.monitors[name] = monitor
             monitor.start()
+
+    def _expect_tls(self, trunk: TrunkSettings, address: Address) -> bool:
+        """Let the TLS transport connect to ``address`` for ``trunk`` (its certificate must name
+        the trunk's host); False, with the problem noted, when the server has no TLS."""
+        tls = self.tls
+        if tls is None or tls.client_context is None:
+            self.problems[trunk.name] = 'transport "tls" needs the server\'s [tls] section'
+            log.error("trunk %s: %s", trunk.name, self.problems[trunk.name])
+            return False
+        tls.expect_domain(address, trunk.host)
+        return True
 
     async def _resolve_later(self, name: str) -> None:
         while not self._stopping:

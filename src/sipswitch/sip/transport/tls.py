@@ -10,7 +10,15 @@ so a certificate reload leaves established connections as they are.
 Outgoing connections verify the peer: the chain against the configured CA file (or the system
 store) and the SIP domain against the certificate (RFC 5922). A destination is only connected to
 when the domain it stands for is known (``expect_domain``); without a name there is nothing to
-verify, so nothing is sent.
+verify, so nothing is sent. A destination known by an IP address only (no name) must present a
+certificate carrying that address as an iPAddress subjectAltName.
+
+Incoming connections ask for a client certificate only when ``verify_clients`` is set (``[tls]
+verify_clients = "optional"``): a client may still connect without one (phones do), but one that
+presents a certificate must present one that verifies against the CA file (or the system store),
+or the handshake fails. What a connection's verified certificate names — the server's for a
+connection we opened, the client's for one we accepted — is kept with the connection
+(``peer_identities``), so the layers above can tell which server a request came from (trunks).
 """
 
 from __future__ import annotations
@@ -21,11 +29,13 @@ import socket
 import ssl
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from ..clock import Clock
 from .base import Address, MessageSink
-from .certs import ServerCertificates, matches_sip_domain
+from .certs import CertificateError, ServerCertificates, sip_identities
 from .tcp import TcpConnection, TcpTransport, canonical_host
 from .udp import bind_socket
 
@@ -35,10 +45,43 @@ MAX_EXPECTED_DOMAINS = 4096
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-class TlsConnection(TcpConnection):
-    """One TLS connection; ``domain`` is the SIP domain an outgoing one must prove."""
+def certificate_identities(peercert: Mapping[str, Any] | None) -> frozenset[str]:
+    """The names a verified certificate (``getpeercert()`` form) proves: its SIP domain
+    identities by RFC 5922 §7.1 (wildcards never count, §7.2) and its iPAddress subjectAltName
+    entries, in the canonical form of ``canonical_host``. Empty for no or an unverified
+    certificate."""
+    if not peercert:
+        return frozenset()
+    # An address written as a DNS name or Common Name proves nothing (RFC 6125 §6.2.1).
+    names = {
+        name.rstrip(".")
+        for name in sip_identities(peercert)
+        if "*" not in name and canonical_host(name) is None
+    }
+    for kind, value in peercert.get("subjectAltName", ()) or ():
+        if kind == "IP Address":
+            host = canonical_host(str(value).strip())
+            if host is not None:
+                names.add(host)
+    names.discard("")
+    return frozenset(names)
 
-    __slots__ = ("domain",)
+
+def certificate_names(peercert: Mapping[str, Any] | None, host: str) -> bool:
+    """Whether the certificate proves ``host``: a SIP domain matched exactly (RFC 5922), or an
+    IP literal found among its iPAddress subjectAltName entries (never in a DNS name or the
+    Common Name)."""
+    wanted = canonical_host(host)
+    if wanted is None:
+        wanted = host.strip().rstrip(".").lower()
+    return bool(wanted) and wanted in certificate_identities(peercert)
+
+
+class TlsConnection(TcpConnection):
+    """One TLS connection; ``domain`` is the SIP domain an outgoing one must prove, ``peercert``
+    the peer's verified certificate (None when there is none)."""
+
+    __slots__ = ("domain", "peercert")
 
     def __init__(
         self,
@@ -50,19 +93,24 @@ class TlsConnection(TcpConnection):
     ) -> None:
         super().__init__(owner, local, peer, outgoing)
         self.domain = domain
+        self.peercert: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Called after the handshake, for both directions.
+        # Called after the handshake, for both directions. The chain of a certificate the peer
+        # presented is verified by then (always for outgoing connections, for incoming ones
+        # when client certificates are asked for); an unverified one reads as empty.
+        peercert = transport.get_extra_info("peercert")
+        self.peercert = peercert or None
         if self.outgoing:
-            # The chain is verified; the name is ours to check.
-            peercert = transport.get_extra_info("peercert")
-            if not peercert or self.domain is None or not matches_sip_domain(
-                peercert, self.domain
-            ):
+            # The name is ours to check.
+            if self.domain is None or not certificate_names(peercert, self.domain):
+                named = sorted(certificate_identities(peercert))
                 log.warning(
-                    "TLS connection to %s refused: the certificate does not name %s",
+                    "TLS connection to %s refused: the certificate does not name %s (it names "
+                    "%s)",
                     self.peer,
                     self.domain,
+                    ", ".join(named) or "nothing usable",
                 )
                 self._lost = asyncio.get_running_loop().create_future()
                 self.abort()
@@ -111,6 +159,8 @@ class TlsTransport(TcpTransport):
         client_context: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
         max_connections_per_host: int | None = 32,
+        verify_clients: bool = False,
+        client_ca: Path | None = None,
         **options: Any,
     ) -> None:
         super().__init__(
@@ -119,6 +169,16 @@ class TlsTransport(TcpTransport):
         self.certificates = certificates
         self.client_context = client_context
         self.handshake_timeout = handshake_timeout
+        self.verify_clients = verify_clients
+        self._client_cadata: str | None = None
+        if verify_clients and client_ca is not None:
+            try:
+                self._client_cadata = client_ca.read_text(encoding="ascii", errors="replace")
+            except OSError as exc:
+                raise CertificateError(f"{client_ca}: {exc.strerror}") from None
+        self._prepared: ssl.SSLContext | None = None
+        if verify_clients:
+            self._server_context()  # a CA file that cannot be used stops the start here
         self.handshakes = 0  # completed incoming handshakes
         self.failed_handshakes = 0
         self._domains: OrderedDict[Address, str] = OrderedDict()
@@ -193,7 +253,7 @@ class TlsTransport(TcpTransport):
             await loop.connect_accepted_socket(
                 lambda: connection,
                 sock,
-                ssl=self.certificates.current,
+                ssl=self._server_context(),
                 ssl_handshake_timeout=self.handshake_timeout,
             )
         except (Exception, asyncio.CancelledError) as exc:
@@ -211,8 +271,34 @@ class TlsTransport(TcpTransport):
             else:
                 self._handshaking.pop(host, None)
 
+    def _server_context(self) -> ssl.SSLContext:
+        """The certificates' current context; with ``verify_clients`` it asks for a client
+        certificate (optional) and verifies it. A reloaded context is prepared so on its
+        first use (it belongs to this transport alone)."""
+        context = self.certificates.current
+        if not self.verify_clients or context is self._prepared:
+            return context
+        try:
+            if self._client_cadata is not None:
+                context.load_verify_locations(cadata=self._client_cadata)
+            else:
+                context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+        except (ssl.SSLError, ValueError) as exc:
+            raise CertificateError(f"cannot load the CA certificates for clients ({exc})") from None
+        context.verify_mode = ssl.CERT_OPTIONAL
+        self._prepared = context
+        return context
+
     def connections_from(self, host: str) -> int:
         return super().connections_from(host) + self._handshaking.get(host, 0)
+
+    def peer_identities(self, peer: Address) -> frozenset[str]:
+        """What the verified certificate of the connection ``peer`` names (see
+        ``certificate_identities``); empty without such a connection or certificate."""
+        connection = self.connection(peer)
+        if not isinstance(connection, TlsConnection) or connection.closing:
+            return frozenset()
+        return certificate_identities(connection.peercert)
 
     async def close(self) -> None:
         """Stop accepting, abandon handshakes in progress, close every connection."""
