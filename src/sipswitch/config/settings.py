@@ -294,10 +294,21 @@ class NatSettings(Section):
     """The server's addresses toward its own networks and toward the outside, and NAT handling
     of phones. Toward a peer inside ``local_networks`` the server advertises ``local_address``
     (empty: the address the system routes from); toward any other peer ``external_address``
-    (empty: the same as toward the LAN, i.e. no NAT in front of the server)."""
+    (empty: the same as toward the LAN, i.e. no NAT in front of the server).
+
+    A phone whose Contact names another address than the one its REGISTER came from is behind
+    NAT (``pbx.keepalive``): every ``keepalive_interval`` seconds (0: never) the server sends it
+    an OPTIONS over UDP, or a CRLF ping (RFC 5626) on its TCP/TLS connection, to keep the NAT
+    mapping open. An OPTIONS not answered within ``keepalive_timeout`` seconds (at most the
+    interval), or a connection found closed, is a failure; after ``keepalive_failures`` in a
+    row the phone is unreachable (calls to it fail at once) until it answers or registers
+    again."""
 
     local_address: str = ""
     external_address: str = ""
+    keepalive_interval: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    keepalive_timeout: Annotated[float, Field(gt=0, le=60)] = 4.0
+    keepalive_failures: Annotated[int, Field(ge=1, le=100)] = 2
     local_networks: list[str] = Field(
         default_factory=lambda: [
             "10.0.0.0/8",

@@ -43,6 +43,7 @@ class LocationService:
         self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._watchers: list[Callable[[str, list[Binding]], None]] = []
 
     # --- lifecycle ---
     async def load(self) -> int:
@@ -92,6 +93,15 @@ class LocationService:
     def full(self, aor: str) -> bool:
         return aor not in self._bindings and len(self._bindings) >= self._max_aors
 
+    def all_bindings(self) -> list[Binding]:
+        """Every binding held (expired ones too, until a lookup or the sweep drops them)."""
+        return [binding for bindings in self._bindings.values() for binding in bindings]
+
+    def watch(self, watcher: Callable[[str, list[Binding]], None]) -> None:
+        """Call ``watcher(aor, bindings)`` with the whole new set after every change of an AOR's
+        bindings (a REGISTER, an unregistration, an expiry); it must be quick and not raise."""
+        self._watchers.append(watcher)
+
     # --- changes ---
     def replace(
         self,
@@ -137,6 +147,8 @@ class LocationService:
             self._bindings[aor] = bindings
         else:
             self._bindings.pop(aor, None)
+        for watcher in self._watchers:
+            watcher(aor, bindings)
 
     def _queue_delete(self, binding: Binding) -> None:
         key = (binding.aor, binding.contact_uri)

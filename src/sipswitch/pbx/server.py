@@ -34,6 +34,7 @@ from .b2bua import CallManager, TrunkService
 from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore, log
 from .directory import ExtensionDirectory
+from .keepalive import NatKeepalive, stream_connections
 from .limits import CallLimits
 from .location import LocationService
 from .registrar import Registrar
@@ -74,6 +75,7 @@ class SipServer:
         self.transports = transports
         self.core: PbxCore | None = None
         self.location: LocationService | None = None
+        self.keepalive: NatKeepalive | None = None  # NAT keepalives, reachability of phones
         self.calls: CallManager | None = None
         self.cdr: CdrRecorder | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -106,6 +108,17 @@ class SipServer:
         core = PbxCore(settings, clock, self.transports, directory)
         self.core = core
         registrar = Registrar(core, self.location)
+        self.keepalive = NatKeepalive(
+            core.transactions,
+            self.location,
+            clock,
+            settings.nat,
+            core.local_address,
+            user_agent=settings.sip.user_agent,
+            connections=stream_connections(self.transports)
+            if isinstance(self.transports, TransportManager)
+            else None,
+        )
         served = {
             number: ToApplication("ivr", script) for number, script in settings.ivr.numbers.items()
         }
@@ -137,6 +150,7 @@ class SipServer:
         if settings.tls is not None:
             await self._start_tls(clock, security)
         self._sweeper = asyncio.create_task(self._sweep(), name="binding-expiry")
+        self.keepalive.start()
         if self.trunks is not None:
             self.trunks.start(core, self.calls.limits)
         for address in self.transports.bound:
@@ -207,6 +221,8 @@ class SipServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.keepalive is not None:
+            self.keepalive.stop()
         if self.directory is not None:
             await self.directory.close()
         if self.location is not None:
