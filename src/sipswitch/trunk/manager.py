@@ -165,17 +165,17 @@ class TrunkManager:
         return None
 
     def _refused(self, source: Address, trunk: TrunkSettings) -> None:
-        """Say why a request from a TLS trunk's own address was not taken as the trunk's."""
+        """Say why a request over TLS from a TLS trunk's own address was not taken as the
+        trunk's (over UDP or TCP it is a client like any other: phones behind the same NAT)."""
         if source.transport != "tls":
-            why = f"it came over {source.transport.upper()}; the trunk is recognised over TLS"
-        else:
-            names = self._peer_identities(source)
-            why = (
-                f"its certificate names {', '.join(sorted(names))}, not {trunk.host}"
-                if names
-                else "no verified certificate on its connection (client certificates are "
-                'asked for with [tls] verify_clients = "optional")'
-            )
+            return
+        names = self._peer_identities(source)
+        why = (
+            f"its certificate names {', '.join(sorted(names))}, not {trunk.host}"
+            if names
+            else "no verified certificate on its connection (client certificates are asked "
+            'for with [tls] verify_clients = "optional")'
+        )
         self._refusals.warning(
             "request from %s not taken as trunk %s: %s", source, trunk.name, why
         )
