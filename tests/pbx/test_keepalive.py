@@ -7,21 +7,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from sipswitch.config.settings import NatSettings
+from sipswitch.config.settings import NatSettings, load_settings
 from sipswitch.pbx.keepalive import NatKeepalive, behind_nat
 from sipswitch.pbx.location import LocationService
+from sipswitch.pbx.server import SipServer
+from sipswitch.sip.auth import build_authorization, choose_challenge
 from sipswitch.sip.clock import VirtualClock
-from sipswitch.sip.message import Request, make_response
+from sipswitch.sip.message import Request, Response, make_response
 from sipswitch.sip.parser import MessageError, parse_datagram
 from sipswitch.sip.transaction import ServerTransaction, TransactionLayer
 from sipswitch.sip.transport.base import Address, MessageSink
 from sipswitch.sip.transport.loop import LoopNetwork, LoopTransport
 from sipswitch.store import Binding
 
-from .conftest import Lab
+from .conftest import PASSWORD, Lab
 
 SERVER_HOST = "203.0.113.1"
 PUBLIC = "198.51.100.7"  # the NAT's public address, where NATed phones' packets come from
@@ -89,9 +92,7 @@ class NatPhone:
 
 
 class Bench:
-    def __init__(
-        self, interval: float = 30.0, failures: int = 2, timeout: float = 4.0
-    ) -> None:
+    def __init__(self, interval: float = 30.0, failures: int = 2, timeout: float = 4.0) -> None:
         self.clock = VirtualClock()
         self.network = LoopNetwork(self.clock)
         self.transports = Transports(self.network)
@@ -418,3 +419,65 @@ async def test_server_pings_a_natted_phone_at_its_source_and_marks_it_unreachabl
     [refreshed] = server.location.lookup("200")
     assert not server.keepalive.unreachable(refreshed)
     assert lan.in_dialog.empty()
+
+
+async def test_server_pings_a_tcp_phone_on_its_own_connection_over_real_sockets(
+    tmp_path: Path,
+) -> None:
+    """A phone on a real TCP connection gets CRLF pings on it; once the connection is closed
+    the phone is unreachable after the failures."""
+    config = tmp_path / "sipswitch.toml"
+    config.write_text(
+        '[sip]\nlisten = ["127.0.0.1"]\nudp_port = 0\ntcp_port = 0\n'
+        "[nat]\nkeepalive_interval = 0.2\nkeepalive_failures = 2\n"
+    )
+    settings = load_settings(config, tmp_path / "data")
+    server = SipServer(settings, out=lambda line: None)
+    await server.start()
+    try:
+        await server.database.extensions.add("200", PASSWORD, settings.sip.realm)
+        assert server.directory is not None and server.keepalive is not None
+        await server.directory.load()
+        [listening] = server.transports.bound["tcp"] if server.transports else []
+        reader, writer = await asyncio.open_connection(listening.host, listening.port)
+        local_port = writer.get_extra_info("sockname")[1]
+
+        def register(cseq: int, authorization: str = "") -> bytes:
+            return (
+                f"REGISTER sip:127.0.0.1 SIP/2.0\r\n"
+                f"Via: SIP/2.0/TCP 127.0.0.1:{local_port};branch=z9hG4bK-ka-{cseq};rport\r\n"
+                "Max-Forwards: 70\r\nFrom: <sip:200@127.0.0.1>;tag=ka\r\n"
+                "To: <sip:200@127.0.0.1>\r\nCall-ID: keepalive-tcp\r\n"
+                f"CSeq: {cseq} REGISTER\r\n"
+                "Contact: <sip:200@192.168.1.20:5060;transport=tcp>\r\nExpires: 600\r\n"
+                f"{authorization}Content-Length: 0\r\n\r\n"
+            ).encode()
+
+        async def response() -> Response:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            message = parse_datagram(head.lstrip(b"\r\n"))
+            assert isinstance(message, Response)
+            return message
+
+        writer.write(register(1))
+        challenge = choose_challenge((await response()).headers.get_all("WWW-Authenticate"))
+        assert challenge is not None
+        value = build_authorization(challenge, "REGISTER", "sip:127.0.0.1", "200", PASSWORD)
+        writer.write(register(2, f"Authorization: {value}\r\n"))
+        assert (await response()).status == 200
+        assert server.keepalive.nat_bindings == 1
+        # Two pings arrive on the phone's own connection (the server opens none).
+        assert await asyncio.wait_for(reader.readexactly(8), 5) == b"\r\n\r\n" * 2
+        assert server.location is not None
+        [contact] = server.location.lookup("200")
+        assert contact.source_port == local_port
+        assert not server.keepalive.unreachable(contact)
+        writer.close()
+        await writer.wait_closed()
+        await wait_for(
+            lambda: server.keepalive is not None and server.keepalive.unreachable(contact)
+        )
+        assert server.keepalive.pings_sent >= 2
+        assert server.keepalive.options_sent == 0
+    finally:
+        await server.stop()
