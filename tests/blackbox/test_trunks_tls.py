@@ -142,6 +142,10 @@ def test_a_carrier_whose_certificate_does_not_name_the_trunk_host_gets_nothing(
         f"name {CARRIER_HOST} (it names carrier.test)"
     )
     assert expected in office.log_text(), office.log_tail()
+    why = f"the certificate names carrier.test, not {CARRIER_HOST}"
+    _wait_for(office, "carrier", "tls_detail", why, timeout_s=10)
+    listing = office.cli("trunk", "list")
+    assert listing.returncode == 0 and f"TLS: {why}" in listing.stdout, listing
     print(f"\ncall through a carrier with the wrong certificate: 503 after {failed_s:.2f} s")
 
 
@@ -155,7 +159,8 @@ def test_without_tls_a_tls_trunk_is_reported_unusable(node: NodeFactory, tmp_pat
     office.start()
     _wait_for(office, "carrier", "problem", 'transport "tls" needs the server\'s [tls] section')
     listing = office.cli("trunk", "list")
-    assert listing.returncode == 0 and "[tls] section" in listing.stdout, listing
+    assert listing.returncode == 0 and "unusable" in listing.stdout, listing
+    assert "[tls] section" in listing.stdout, listing
     refused = run_sipp(
         "uac_call_503",
         office.remote,

@@ -27,6 +27,7 @@ from sipswitch.sip.transport.certs import (
 )
 from sipswitch.sip.transport.tls import TlsTransport, certificate_identities, certificate_names
 from sipswitch.trunk.manager import TrunkManager
+from sipswitch.trunk.status import state_of
 from tests.sip.transport.support import RecordingSink, request, response, wait_until
 
 from .conftest import Net
@@ -165,6 +166,12 @@ async def test_outgoing_to_an_address_needs_that_address_in_the_certificate(
         await wait_until(lambda: client.transport.connection(by_name.address) is None)
     assert by_name.sink.messages == []
     assert "does not name 127.0.0.1 (it names pbx.test)" in caplog.text
+    assert client.transport.refusal(by_name.address) == (
+        "the certificate names pbx.test, not 127.0.0.1"
+    )
+    # Told the right name, it connects, and the refusal is forgotten.
+    await deliver(client, by_name, "pbx.test")
+    assert client.transport.refusal(by_name.address) is None
 
 
 async def test_client_certificates_are_verified_only_when_asked_for(
@@ -331,3 +338,4 @@ async def test_a_tls_trunk_without_tls_is_unusable(net: Net) -> None:
     (entry,) = trunks.status()
     assert entry["available"] is False
     assert entry["problem"] == 'transport "tls" needs the server\'s [tls] section'
+    assert state_of(entry, 0.0) == ("unusable", entry["problem"])

@@ -388,6 +388,7 @@ class TrunkManager:
                 "health": monitor.health.value if monitor else None,
                 "health_detail": monitor.detail if monitor else "",
                 "problem": self.problems.get(name, ""),
+                "tls_detail": self._tls_detail(trunk, address),
                 "calls_in": self._count(name, "in"),
                 "calls_out": self._count(name, "out"),
                 "max_incoming": trunk.max_incoming,
@@ -400,6 +401,11 @@ class TrunkManager:
                     entry["expires_at"] = round(wall + registration.expires_at - now, 3)
             entries.append(entry)
         return entries
+
+    def _tls_detail(self, trunk: TrunkSettings, address: Address | None) -> str:
+        if trunk.transport != "tls" or self.tls is None or address is None:
+            return ""
+        return self.tls.refusal(address) or ""
 
     def _count(self, name: str, direction: str) -> int:
         if self._counter is None:

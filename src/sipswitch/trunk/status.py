@@ -39,7 +39,9 @@ def state_of(entry: dict[str, Any], now: float) -> tuple[str, str]:
     """(state, detail) of one trunk entry for people."""
     details: list[str] = []
     if entry.get("problem"):
-        return "unresolved", str(entry["problem"])
+        return ("unresolved" if entry.get("address") is None else "unusable"), str(
+            entry["problem"]
+        )
     registration = entry.get("registration")
     health = entry.get("health")
     if registration is not None:
@@ -65,6 +67,8 @@ def state_of(entry: dict[str, Any], now: float) -> tuple[str, str]:
             details.append(f"OPTIONS: {entry['health_detail']}")
     else:
         state = "not checked"
+    if entry.get("tls_detail"):
+        details.append(f"TLS: {entry['tls_detail']}")
     return state, "; ".join(details)
 
 

@@ -92,6 +92,7 @@ class TlsConnection(TcpConnection):
         domain: str | None = None,
     ) -> None:
         super().__init__(owner, local, peer, outgoing)
+        self.owner: TlsTransport = owner
         self.domain = domain
         self.peercert: dict[str, Any] | None = None
 
@@ -101,21 +102,23 @@ class TlsConnection(TcpConnection):
         # when client certificates are asked for); an unverified one reads as empty.
         peercert = transport.get_extra_info("peercert")
         self.peercert = peercert or None
-        if self.outgoing:
+        if self.outgoing and self.peer is not None:
             # The name is ours to check.
             if self.domain is None or not certificate_names(peercert, self.domain):
-                named = sorted(certificate_identities(peercert))
+                named = ", ".join(sorted(certificate_identities(peercert))) or "nothing usable"
                 log.warning(
                     "TLS connection to %s refused: the certificate does not name %s (it names "
                     "%s)",
                     self.peer,
                     self.domain,
-                    ", ".join(named) or "nothing usable",
+                    named,
                 )
+                self.owner._refused(self.peer, f"the certificate names {named}, not {self.domain}")
                 self._lost = asyncio.get_running_loop().create_future()
                 self.abort()
                 cast(asyncio.Transport, transport).abort()
                 return
+            self.owner._refused(self.peer, None)
         super().connection_made(transport)
 
     def _admit(self, transport: asyncio.Transport) -> bool:
@@ -182,6 +185,7 @@ class TlsTransport(TcpTransport):
         self.handshakes = 0  # completed incoming handshakes
         self.failed_handshakes = 0
         self._domains: OrderedDict[Address, str] = OrderedDict()
+        self._refusals: OrderedDict[Address, str] = OrderedDict()  # destination -> why
         self._handshaking: dict[str, int] = {}  # source host -> handshakes in progress
         self._accepting: list[tuple[socket.socket, asyncio.Task[None]]] = []
         self._handshake_tasks: set[asyncio.Task[None]] = set()
@@ -333,6 +337,23 @@ class TlsTransport(TcpTransport):
         self._domains.move_to_end(key)
         while len(self._domains) > MAX_EXPECTED_DOMAINS:
             self._domains.popitem(last=False)
+
+    def refusal(self, destination: Address) -> str | None:
+        """Why the last connection opened to ``destination`` was refused after its handshake
+        (the certificate does not name the expected domain); None once one was accepted."""
+        host = canonical_host(destination.host)
+        if host is None:
+            return None
+        return self._refusals.get(Address(self.name, host, destination.port))
+
+    def _refused(self, peer: Address, reason: str | None) -> None:
+        if reason is None:
+            self._refusals.pop(peer, None)
+            return
+        self._refusals[peer] = reason
+        self._refusals.move_to_end(peer)
+        while len(self._refusals) > MAX_EXPECTED_DOMAINS:
+            self._refusals.popitem(last=False)
 
     def send(self, data: bytes, destination: Address) -> bool:
         if self.connection(destination) is None:
