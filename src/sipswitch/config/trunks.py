@@ -6,7 +6,9 @@ name = "carrier"             # used by the dial plan: target = "trunk:carrier"
 kind = "line"                # line: registers to a carrier; trunk: IP-trusted peer
 host = "sip.carrier.example" # name or address; inbound calls are recognised by it
 port = 5060
-transport = "udp"            # udp, tcp or tls
+transport = "udp"            # udp, tcp or tls (tls needs the [tls] section; the peer's
+                             # certificate must name host, and the trunk is recognised by it:
+                             # see docs/multi-branch.md, "Trunks over TLS")
 username = "5551000"         # lines: the account (also answers the carrier's 401/407)
 password = "..."
 auth_user = ""               # when the authentication user differs from the username
@@ -25,7 +27,8 @@ options_interval = 30        # seconds between OPTIONS health checks (0: none)
 options_failures = 3         # unanswered checks in a row before the trunk is down
 transit = false              # calls from this trunk may leave through a trunk: true (any),
                              # or the names of the trunks they may use
-sources = []                 # further addresses (CIDR) calls from this trunk come from
+sources = []                 # further addresses (CIDR) calls from this trunk come from; for a
+                             # tls trunk: the only addresses its certificate counts from
 ```
 """
 
