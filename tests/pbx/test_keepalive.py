@@ -249,6 +249,38 @@ def test_phone_that_moved_is_pinged_at_its_new_source() -> None:
     assert len(new.options) == 3
 
 
+def test_a_register_refresh_voids_the_ping_still_out() -> None:
+    """A phone whose NAT moved registers again from a new port while an OPTIONS to its old
+    port is unanswered: that OPTIONS does not count against it."""
+    bench = Bench(interval=10.0, failures=1, timeout=4.0)
+    old, new = bench.phone(), bench.phone()
+    old.status = None
+    bench.keepalive.start()
+    bench.register(binding("200", "sip:200@192.168.1.20:5060", old.source))
+    for _ in range(200):
+        if old.options:
+            break
+        bench.clock.advance(0.1)
+    assert len(old.options) == 1
+    refreshed = binding("200", "sip:200@192.168.1.20:5060", new.source, cseq=2)
+    bench.register(refreshed)
+    bench.clock.advance(5)
+    assert not bench.keepalive.unreachable(refreshed)
+    assert bench.keepalive.failed == 0
+    bench.clock.advance(10)
+    assert len(new.options) >= 1
+    assert not bench.keepalive.unreachable(refreshed)
+
+
+def test_bindings_over_transports_it_cannot_ping_are_left_alone() -> None:
+    bench = Bench(interval=10.0)
+    bench.keepalive.start()
+    bench.register(binding("200", "sip:200@10.0.0.5;transport=ws", bench.source("ws")))
+    bench.clock.advance(60)
+    assert bench.keepalive.nat_bindings == 0
+    assert bench.network.sent == []
+
+
 def test_phone_not_behind_nat_is_never_pinged() -> None:
     bench = Bench(interval=5.0)
     lan = bench.phone(Address("udp", "192.168.1.30", 5060))

@@ -37,6 +37,7 @@ MIN_TICK = 0.05
 MIN_BATCH = 50  # pings a round may always send, however few phones are behind NAT
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
+PINGABLE = frozenset({"udp", "tcp", "tls"})  # transports this service knows how to ping
 BindingKey = tuple[str, str]  # (aor, contact_uri), as the location store keys bindings
 
 
@@ -259,7 +260,7 @@ class NatKeepalive:
         peer = self._peers.get(key)
         if peer is not None and peer.binding is binding:
             return
-        if not behind_nat(binding):
+        if binding.transport not in PINGABLE or not behind_nat(binding):
             if peer is not None:
                 self._forget(key)
             return
@@ -275,6 +276,9 @@ class NatKeepalive:
         peer.binding = binding
         peer.destination = destination
         if refreshed:
+            # The REGISTER itself shows the phone alive; a ping still out no longer counts.
+            if peer.probe is not None:
+                peer.probe.end(False, "registered", report=False)
             peer.failures = 0
             if peer.unreachable:
                 peer.unreachable = False
