@@ -217,7 +217,17 @@ _PRIVATE = tuple(
 def behind_nat(signalled_host: str | None, peer_host: str) -> bool:
     """Whether a leg whose SDP names ``signalled_host`` and whose signalling came from
     ``peer_host`` is behind NAT: its SDP address is private, or absent, and is not where its
-    signalling came from."""
+    signalling came from (two loopback addresses are the same machine, not a NAT)."""
     if signalled_host is None:
         return True
-    return signalled_host != peer_host and is_private(signalled_host)
+    if signalled_host == peer_host or not is_private(signalled_host):
+        return False
+    # On one machine every loopback address reaches every other one.
+    return not (_is_loopback(signalled_host) and _is_loopback(peer_host))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ..config.routing import GroupSettings
 from ..config.trunks import TrunkSettings
 from ..media.ports import PortAllocator
+from ..media.relay_backend import Leg, RelayBackend, RelayError
 from ..sip.auth import build_authorization, choose_challenge
 from ..sip.clock import TimerHandle
 from ..sip.dialog import Dialog, new_call_id
@@ -43,6 +44,7 @@ from .cdr import CdrRecorder
 from .core import ALLOW_HEADER, PbxCore
 from .limits import CallLimits
 from .location import LocationService
+from .media_path import Kind, MediaPath, Side, is_sdp, readdress, relay_reason, sdp_host
 from .routing import (
     Destination,
     Reject,
@@ -274,6 +276,7 @@ class Call:
         self.caller_extension = caller_extension
         self.trunk_in = trunk  # the trunk the call came from
         self.inbound = InboundLeg(self, txn, source)
+        self.media = MediaPath(txn.request.call_id, manager.relay, self.core.spawn)
         self.forks: list[OutboundLeg] = []
         self.attempt: Attempt | None = None
         self.answered: OutboundLeg | None = None
@@ -475,8 +478,121 @@ class Call:
             attempt.finish(Outcome.UNREACHABLE, 480)
             return
         attempt.timer = self.core.clock.call_later(timeout, self.on_ring_timeout, attempt)
+        if self._relay_for(attempt.forks) and attempt.forks[0].request.body:
+            self._offer_through_relay(attempt)
+            return
         for leg in attempt.forks:
             leg.txn = self.core.transactions.send_request(leg.request, leg.destination, leg)
+
+    # --- media relay ---
+    def _relay_for(self, forks: list[OutboundLeg]) -> bool:
+        """Whether this call's media goes through the relay, deciding it (for good) when one
+        of ``forks`` needs it. Calls an application (IVR) holds keep their own media."""
+        media = self.media
+        if media.relayed:
+            return True
+        if media.relay is None or self.application is not None:
+            return False
+        request = self.inbound.txn.request
+        named = sdp_host(request.body) if is_sdp(request.content_type, request.body) else None
+        if named is None:
+            try:
+                contacts = request.contacts or []
+            except SipError:
+                contacts = []
+            uri = contacts[0].uri if contacts else None
+            named = uri.host.strip("[]") if isinstance(uri, SipUri) else None
+        caller_forced = any(
+            side is not None and side.forward_media
+            for side in (self.caller_extension, self.trunk_in)
+        )
+        label = f"caller {self.caller.number}"
+        caller = Side(self.inbound.source.host, named, caller_forced, label)
+        directory = self.manager.directory
+        always = self.core.settings.relay.always
+        for leg in forks:
+            callee_named: str | None = leg.destination.host
+            forced = leg.trunk is not None and leg.trunk.forward_media
+            if leg.binding is not None:
+                contact = parse_uri(leg.binding.contact_uri)
+                callee_named = contact.host.strip("[]") if isinstance(contact, SipUri) else None
+                extension = directory.lookup(leg.number)
+                forced = extension is not None and extension.forward_media
+            callee = Side(leg.destination.host, callee_named, forced, f"callee {leg.number}")
+            reason = relay_reason(caller, callee, self.core.addresses, always)
+            if reason is not None and media.engage(reason):
+                self.manager.relayed[self.call_id] = self
+                return True
+        return False
+
+    def _leg_name(self, leg: InboundLeg | OutboundLeg) -> Leg:
+        return "a" if leg is self.inbound else "b"
+
+    def _peer_of(self, leg: InboundLeg | OutboundLeg) -> Address:
+        if leg.dialog is not None:
+            return leg.dialog.peer
+        return leg.source if isinstance(leg, InboundLeg) else leg.destination
+
+    def _rewrite(
+        self, kind: Kind, sender: InboundLeg | OutboundLeg, receiver: InboundLeg | OutboundLeg
+    ) -> tuple[Kind, Leg, str, str, str]:
+        """The relay step for an SDP going from ``sender`` to ``receiver``."""
+        from_peer = self._peer_of(sender)
+        to_peer = self._peer_of(receiver)
+        advertise = self.core.media_addresses(to_peer)[1]
+        sender_advertise = self.core.media_addresses(from_peer)[1]
+        return kind, self._leg_name(sender), from_peer.host, advertise, sender_advertise
+
+    def _offer_through_relay(self, attempt: Attempt) -> None:
+        """Send the attempt's INVITEs once the relay has rewritten the caller's offer (each
+        fork gets the relay address its realm reaches)."""
+        request = self.inbound.txn.request
+        first = attempt.forks[0]
+        step = self._rewrite("offer", self.inbound, first)
+        first_advertise = step[3]
+
+        def send(body: bytes | None) -> None:
+            if attempt.over or attempt is not self.attempt or self.state == "ended":
+                return
+            for leg in attempt.forks:
+                if leg.final_status is not None or leg.txn is not None:
+                    continue
+                advertise = self.core.media_addresses(leg.destination)[1]
+                if body is not None and advertise != first_advertise:
+                    leg.request.body = readdress(body, advertise)
+                else:
+                    leg.request.body = body or b""
+                leg.txn = self.core.transactions.send_request(leg.request, leg.destination, leg)
+
+        self.media.pass_on(request.content_type, request.body, step, send, self._media_failed)
+
+    def _media_failed(self, exc: RelayError) -> None:
+        """The relay could not take an SDP of this call: the call cannot have media."""
+        log.warning("call %s: media relay: %s", self.call_id, exc.reason)
+        if self.state == "ended":
+            return
+        txn = self.inbound.txn
+        if txn.last_response is not None and txn.last_response.status >= 200:
+            self.hangup(None, "system")
+            return
+        if self.state == "answered":
+            # The callee answered but the caller never heard it: refuse the caller, BYE the callee.
+            self.answer_time = None
+            self.final_status = exc.status
+            self.inbound.ensure_dialog()
+            self.core.respond(txn, exc.status, exc.reason, to_tag=self.inbound.tag)
+            self.hangup(self.inbound, "system")
+            return
+        self.finish_unanswered(exc.status, hangup_side="system", reason=exc.reason)
+
+    def on_media_inactive(self) -> None:
+        if self.state in ("answered", "ringing"):
+            log.info("call %s: no media for %.0f s, hanging up", self.call_id,
+                     self.core.settings.relay.timeout)  # fmt: skip
+            if self.state == "answered":
+                self.hangup(None, "system")
+            else:
+                self.finish_unanswered(408, hangup_side="system", reason="No media")
 
     def _fork_request(self, number: str, binding: Binding, destination: Address) -> Request:
         target = parse_uri(binding.contact_uri)
@@ -598,7 +714,10 @@ class Call:
         self.core.clock.call_later(TRUNK_RESPONSE_TIMEOUT, self._trunk_silent, leg, leg.txn)
 
     def _trunk_silent(self, leg: OutboundLeg, txn: ClientTransaction | None) -> None:
-        if leg.txn is not txn or leg.responded or leg.final_status is not None:
+        # (``txn`` is None when the INVITE waited for the media relay: the first one counts.)
+        if txn is not None and leg.txn is not txn:
+            return
+        if leg.responded or leg.final_status is not None:
             return
         log.info("call %s: trunk %s does not answer", self.call_id, leg.trunk and leg.trunk.name)
         if leg.txn is not None:
@@ -749,7 +868,7 @@ class Call:
             if response.to.tag and leg.dialog is None:
                 leg.dialog = Dialog.as_uac(leg.request, response, leg.destination)
             if self.application is None or not self.application.answered:
-                self._relay_provisional(response)
+                self._relay_provisional(leg, response)
             return
         if status < 300:
             self._on_outbound_answer(leg, response)
@@ -759,14 +878,29 @@ class Call:
         leg.reason = response.reason[:100] or None
         self.on_outbound_failure(leg, status)
 
-    def _relay_provisional(self, response: Response) -> None:
-        inbound = self.inbound
-        if inbound.txn.last_response is not None and inbound.txn.last_response.status >= 200:
-            return
-        inbound.txn.respond(self._reply_to_caller(response))
+    def _relay_provisional(self, leg: OutboundLeg, response: Response) -> None:
+        def send(body: bytes | None) -> None:
+            inbound = self.inbound
+            last = inbound.txn.last_response
+            if self.state == "ended" or (last is not None and last.status >= 200):
+                return
+            inbound.txn.respond(self._reply_to_caller(response, body))
 
-    def _reply_to_caller(self, response: Response) -> Response:
-        """The callee's provisional or final response, as the caller's dialog sends it."""
+        self._callee_sdp_to_caller(leg, response, send)
+
+    def _callee_sdp_to_caller(
+        self, leg: OutboundLeg, response: Response, then: Callable[[bytes | None], None]
+    ) -> None:
+        """Pass a callee response's body on toward the caller (through the relay when the call
+        is relayed: an answer to the caller's offer, or the callee's offer when the caller's
+        INVITE had none)."""
+        kind: Kind = "answer" if leg.request.body else "offer"
+        step = self._rewrite(kind, leg, self.inbound) if self.media.relayed else None
+        self.media.pass_on(response.content_type, response.body, step, then, self._media_failed)
+
+    def _reply_to_caller(self, response: Response, body: bytes | None = None) -> Response:
+        """The callee's provisional or final response, as the caller's dialog sends it, with
+        ``body`` (the relay's rewrite) instead of the response's own when given."""
         inbound = self.inbound
         inbound.ensure_dialog()
         reply = self.core.build_response(
@@ -774,7 +908,7 @@ class Call:
             response.status,
             response.reason,
             to_tag=inbound.tag,
-            body=response.body,
+            body=response.body if body is None else body,
         )
         self._copy_body_headers(response, reply)
         reply.headers.add(
@@ -819,10 +953,16 @@ class Call:
         self.answer_time = self.core.clock.wall()
         self._take_answer(leg, dialog, response, attempt)
         inbound = self.inbound
-        reply = self._reply_to_caller(response)
-        reply.headers.add("Allow", ALLOW_HEADER)
-        inbound.txn.respond(reply)
-        self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
+
+        def send(body: bytes | None) -> None:
+            if self.state != "answered" or self.answered is not leg:
+                return
+            reply = self._reply_to_caller(response, body)
+            reply.headers.add("Allow", ALLOW_HEADER)
+            inbound.txn.respond(reply)
+            self.pending_ack_cseq[id(inbound)] = inbound.txn.request.cseq.number
+
+        self._callee_sdp_to_caller(leg, response, send)
         self._limit_duration(leg.number)
         if self.application is not None:
             # An application's callto before it answered: the caller now talks to the callee.
@@ -966,9 +1106,35 @@ class Call:
             return
         if request.method in ("INVITE", "UPDATE"):
             mine.update_target(request)
-        peer = other.dialog
+        txn.on_cancel = None
+        offer = request.method in ("INVITE", "UPDATE")
+        step = self._rewrite("offer", leg, other) if self.media.relayed and offer else None
+
+        def send(body: bytes | None) -> None:
+            if other.dialog is None or self.state != "answered":
+                self.core.respond(txn, 481, to_tag=mine.local_tag)
+                return
+            self._send_in_dialog(request, txn, other, other.dialog, body)
+
+        def refuse(exc: RelayError) -> None:
+            log.warning("call %s: media relay refused a %s: %s", self.call_id, request.method,
+                        exc.reason)  # fmt: skip
+            if not txn.terminated and txn.last_response is None:
+                self.core.respond(txn, exc.status, exc.reason, to_tag=mine.local_tag)
+
+        self.media.pass_on(request.content_type, request.body, step, send, refuse)
+
+    def _send_in_dialog(
+        self,
+        request: Request,
+        txn: ServerTransaction,
+        other: InboundLeg | OutboundLeg,
+        peer: Dialog,
+        body: bytes | None,
+    ) -> None:
+        """Send ``request`` on to the other leg's dialog ``peer`` (with ``body``)."""
         host, port = self.core.local_address(peer.peer)
-        relayed = peer.create_request(request.method, host, port, body=request.body)
+        relayed = peer.create_request(request.method, host, port, body=body or b"")
         self._copy_body_headers(request, relayed)
         for name in _RELAYED_REQUEST_HEADERS:
             value = request.headers.get(name)
@@ -979,7 +1145,6 @@ class Call:
         if request.method in ("INVITE", "UPDATE"):
             own = self.callee.number if other is not self.inbound else self.caller.number
             relayed.headers.add("Contact", f"<{self.core.contact_uri(own, peer.peer)}>")
-        txn.on_cancel = None
         self.core.transactions.send_request(relayed, peer.peer, _RelayListener(self, txn, relayed))
 
     def relay_response(self, origin: ServerTransaction, sent: Request, response: Response) -> None:
@@ -987,17 +1152,46 @@ class Call:
             return
         if origin.last_response is not None and origin.last_response.status >= 200:
             return
+        leg = self.manager.leg_for(origin.request)
+        other = self._other(leg) if leg is not None else None
+        step = None
+        relayed = self.media.relayed and sent.method in ("INVITE", "UPDATE")
+        if relayed and leg is not None and other is not None:
+            step = self._rewrite("answer" if sent.body else "offer", other, leg)
+
+        def send(body: bytes | None) -> None:
+            self._answer_in_dialog(origin, sent, response, leg, body)
+
+        def refuse(exc: RelayError) -> None:
+            log.warning("call %s: media relay refused a response: %s", self.call_id, exc.reason)
+            if not origin.terminated and origin.last_response is None:
+                self.core.respond(origin, exc.status, exc.reason)
+
+        self.media.pass_on(response.content_type, response.body, step, send, refuse)
+
+    def _answer_in_dialog(
+        self,
+        origin: ServerTransaction,
+        sent: Request,
+        response: Response,
+        leg: InboundLeg | OutboundLeg | None,
+        body: bytes | None,
+    ) -> None:
+        """Answer ``origin`` with the other leg's ``response`` (``body`` in place of its own)."""
+        if origin.terminated or (
+            origin.last_response is not None and origin.last_response.status >= 200
+        ):
+            return
         status = response.status
         if status in (401, 407):
             status = 500
-        leg = self.manager.leg_for(origin.request)
         dialog = leg.dialog if leg is not None else None
         reply = self.core.build_response(
             origin.request,
             status,
             response.reason if status == response.status else None,
             to_tag=dialog.local_tag if dialog else None,
-            body=response.body,
+            body=response.body if body is None else body,
         )
         self._copy_body_headers(response, reply)
         if sent.method in ("INVITE", "UPDATE") and 200 <= status < 300 and leg is not None:
@@ -1018,12 +1212,18 @@ class Call:
         if other is self.answered and isinstance(other, OutboundLeg) and other.ack is None:
             cseq = other.request.cseq.number  # the ACK for the initial INVITE
         peer = other.dialog
-        host, port = self.core.local_address(peer.peer)
-        relayed = peer.create_request("ACK", host, port, cseq=cseq, body=ack.body)
-        self._copy_body_headers(ack, relayed)
-        if isinstance(other, OutboundLeg) and other.ack is None:
-            other.ack = relayed
-        self.core.transactions.send_stateless(relayed, peer.peer)
+        # An ACK with a body answers an offer made in the 2xx (a late offer).
+        step = self._rewrite("answer", leg, other) if self.media.relayed else None
+
+        def send(body: bytes | None) -> None:
+            host, port = self.core.local_address(peer.peer)
+            relayed = peer.create_request("ACK", host, port, cseq=cseq, body=body or b"")
+            self._copy_body_headers(ack, relayed)
+            if isinstance(other, OutboundLeg) and other.ack is None:
+                other.ack = relayed
+            self.core.transactions.send_stateless(relayed, peer.peer)
+
+        self.media.pass_on(ack.content_type, ack.body, step, send, self._media_failed)
 
     def hangup(self, origin: InboundLeg | OutboundLeg | None, side: str) -> None:
         """End an answered call: send BYE to every leg but ``origin``."""
@@ -1063,6 +1263,8 @@ class Call:
 
     def _end(self, hangup_side: str) -> None:
         now = self.core.clock.wall()
+        self.media.close()
+        self.manager.relayed.pop(self.call_id, None)
         self.manager.forget(self)
         self.manager.limits.release(self)
         answered = self.answer_time is not None
@@ -1147,6 +1349,20 @@ class CallManager:
         self._dialog_keys: dict[int, list[tuple[str, str]]] = {}
         self.limits = CallLimits()
         self.trunks: TrunkService | None = None
+        self.relay: RelayBackend | None = None
+        self.relayed: dict[str, Call] = {}  # relayed calls by relay call id
+
+    def use_relay(self, relay: RelayBackend) -> None:
+        """Relay the media of the calls that need it through ``relay``."""
+        self.relay = relay
+        relay.on_inactive = self._media_inactive
+
+    def _media_inactive(self, call_id: str) -> None:
+        call = self.relayed.get(call_id)
+        if call is not None:
+            call.on_media_inactive()
+        elif self.relay is not None:
+            self.core.spawn(self.relay.delete(call_id))
 
     # --- dialog table ---
     def register_dialog(self, dialog: Dialog, leg: InboundLeg | OutboundLeg) -> None:

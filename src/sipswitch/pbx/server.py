@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..config.settings import Settings
+from ..media.relay_backend import RelayBackend
 from ..sip.clock import Clock, LoopClock
 from ..sip.message import Request
 from ..sip.transaction import ServerTransaction
@@ -37,6 +38,7 @@ from .directory import ExtensionDirectory
 from .keepalive import NatKeepalive, stream_connections
 from .limits import CallLimits
 from .location import LocationService
+from .media_path import open_relay
 from .registrar import Registrar
 from .routing import Router, ToApplication
 from .security import SecurityGate
@@ -77,6 +79,7 @@ class SipServer:
         self.location: LocationService | None = None
         self.keepalive: NatKeepalive | None = None  # NAT keepalives, reachability of phones
         self.calls: CallManager | None = None
+        self.relay: RelayBackend | None = None
         self.cdr: CdrRecorder | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.directory: ExtensionDirectory | None = None
@@ -125,6 +128,8 @@ class SipServer:
         router = Router(directory, settings.groups, settings.dialplan, settings.lists, served)
         self.calls = CallManager(core, self.location, self.cdr, router, self.database.extensions)
         self.calls.applications.update(self.applications)
+        self.relay = await open_relay(settings.relay, self.calls.ports, clock)
+        self.calls.use_relay(self.relay)
         core.dialogs = self.calls
         core.handlers = {
             "REGISTER": registrar.handle,
@@ -231,6 +236,8 @@ class SipServer:
             await self.cdr.close()
         if self.transports is not None:
             await self.transports.stop()
+        if self.relay is not None:
+            await self.relay.close()
         await self.database.close()
 
 
