@@ -256,3 +256,25 @@ async def test_call_without_media_is_hung_up(lab: Lab, sockets: list[RtpSocket])
             break
         await asyncio.sleep(0.05)
     assert dialog.call_id not in server.relay
+
+
+async def test_call_to_a_phone_that_stopped_answering_keepalives_fails_at_once(lab: Lab) -> None:
+    lab.extra_config = (
+        "[nat]\nkeepalive_interval = 0.3\nkeepalive_timeout = 0.2\nkeepalive_failures = 1\n"
+    )
+    server = await lab.start_server()
+    alice = await registered(lab.phone("200"))
+    bob = lab.phone("201")
+    # Registered from behind a NAT: the Contact names the phone's LAN address.
+    assert (await bob.register(contact="<sip:201@10.1.2.3:5060>")).status == 200
+    lab.network.detach(bob.address)  # the NAT mapping is gone: nothing reaches the phone
+    keepalive = server.keepalive
+    assert keepalive is not None
+    for _ in range(100):
+        if keepalive.unreachable_count() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert keepalive.unreachable_count() == 1
+    response, _ = await alice.call("201")
+    assert response.status == 480
+    assert bob.incoming.empty()

@@ -335,7 +335,7 @@ class Call:
         if self.manager.limits.check_callee(extension) is not None:
             self.after_extension(extension, chain, Outcome.BUSY, 486)
             return
-        bindings = self.manager.location.lookup(number)
+        bindings = self.manager.reachable(number)
         if not bindings:
             self.after_extension(extension, chain, Outcome.UNREACHABLE, 480)
             return
@@ -400,7 +400,7 @@ class Call:
                 (m.number, b)
                 for m in members
                 if self.manager.limits.check_callee(m) is None
-                for b in self.manager.location.lookup(m.number)
+                for b in self.manager.reachable(m.number)
             ]
             if not targets:
                 busy = any(self.manager.limits.check_callee(m) is not None for m in members)
@@ -424,7 +424,7 @@ class Call:
     ) -> None:
         while index < len(order):
             member = order[index]
-            bindings = self.manager.location.lookup(member.number)
+            bindings = self.manager.reachable(member.number)
             if self.manager.limits.check_callee(member) is not None:
                 outcomes.append(Outcome.BUSY)
             elif not bindings:
@@ -1351,6 +1351,9 @@ class CallManager:
         self.trunks: TrunkService | None = None
         self.relay: RelayBackend | None = None
         self.relayed: dict[str, Call] = {}  # relayed calls by relay call id
+        # The contacts of an extension a call may ring: by default every binding; the NAT
+        # keepalive leaves out phones that stopped answering (calls to them fail at once).
+        self.reachable: Callable[[str], list[Binding]] = location.lookup
 
     def use_relay(self, relay: RelayBackend) -> None:
         """Relay the media of the calls that need it through ``relay``."""

@@ -130,6 +130,8 @@ class SipServer:
         self.calls.applications.update(self.applications)
         self.relay = await open_relay(settings.relay, self.calls.ports, clock)
         self.calls.use_relay(self.relay)
+        if self.keepalive is not None:
+            self.calls.reachable = self.keepalive.reachable_bindings
         core.dialogs = self.calls
         core.handlers = {
             "REGISTER": registrar.handle,
