@@ -38,7 +38,6 @@ PACKETS = 100  # 2 s of 20 ms packets from the caller
 CALLER_SSRC = 0x5EED0200
 CALL_LENGTH_MS = 5000
 WAIT_S = 10.0
-RELAY_NOT_WIRED = "the B2BUA does not pass calls' SDP through the media relay yet"
 
 
 def _wait(predicate: Callable[[], object], timeout_s: float = WAIT_S) -> bool:
@@ -180,7 +179,6 @@ def _relay_server(factory: ServerFactory, how: str) -> tuple[SipswitchServer, ra
     return server, ports
 
 
-@pytest.mark.xfail(strict=True, reason=RELAY_NOT_WIRED)
 @pytest.mark.parametrize("how", ["extension", "always"])
 def test_relayed_call_carries_rtp_both_ways_and_closes_its_ports(
     sipswitch_server: ServerFactory, tmp_path: Path, how: str
@@ -217,9 +215,9 @@ def test_relayed_call_carries_rtp_both_ways_and_closes_its_ports(
     assert all(p.seq < PACKETS for p in back)
     # The call is over: no port of it is open any more (RTP and RTCP of both sides).
     used = [caller_dest[1], caller_dest[1] + 1, callee_dest[1], callee_dest[1] + 1]
-    assert _wait(lambda: all(not port_in_use(port, "udp") for port in used)), (
-        [port for port in used if port_in_use(port, "udp")]
-    )
+    assert _wait(lambda: all(not port_in_use(port, "udp") for port in used)), [
+        port for port in used if port_in_use(port, "udp")
+    ]
     assert _closed(caller_dest[1]) and _closed(callee_dest[1])
 
 
