@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sipswitch.config import ConfigError
 from sipswitch.config.settings import NatSettings, load_settings
 from sipswitch.pbx.keepalive import NatKeepalive, behind_nat
 from sipswitch.pbx.location import LocationService
@@ -128,6 +129,23 @@ class Bench:
 
 def options_times(phone: NatPhone) -> list[float]:
     return [at for at, _ in phone.options]
+
+
+# --- settings ---
+
+
+def test_keepalive_settings_defaults_and_errors(tmp_path: Path) -> None:
+    nat = load_settings(None).nat
+    assert (nat.keepalive_interval, nat.keepalive_timeout, nat.keepalive_failures) == (30, 4, 2)
+    config = tmp_path / "sipswitch.toml"
+    config.write_text("[nat]\nkeepalive_interval = 1\nkeepalive_failures = 3\n")
+    nat = load_settings(config).nat
+    assert (nat.keepalive_interval, nat.keepalive_failures) == (1.0, 3)
+    for line in ("keepalive_interval = -1", "keepalive_failures = 0", "keepalive_timeout = 0"):
+        config.write_text(f"[nat]\n{line}\n")
+        with pytest.raises(ConfigError) as info:
+            load_settings(config)
+        assert str(info.value).startswith(f"{config}:2: nat.{line.split()[0]}")
 
 
 # --- which bindings are behind NAT ---
