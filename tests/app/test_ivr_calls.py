@@ -159,3 +159,41 @@ async def test_callto_before_answering_passes_the_callers_offer_on(lab: Lab) -> 
         assert (await asyncio.wait_for(_next_method(bob, "BYE"), 5)).method == "BYE"
     finally:
         ivr.stop()
+
+
+async def test_joined_call_is_relayed_when_asked(lab: Lab, rtp_socket: socket.socket) -> None:
+    """With ``[relay] always`` the join of caller and callee goes through the relay: each side
+    gets the relay's address and ports, never the other phone's."""
+    lab.extra_config = '[relay]\nalways = true\n[ivr.numbers]\n"801" = "menu.xml"\n'
+    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
+    (lab.tmp_path / "data" / "xml" / "menu.xml").write_text(SCRIPT)
+    await lab.start_server(applications={})
+    await lab.stop_server()
+    ivr = IvrApplication(lab.settings)
+    ivr.start()
+    try:
+        server = await lab.start_server(applications={"ivr": ivr})
+        alice = await _registered(lab, "200")
+        bob = await _registered(lab, "201")
+        bob.sdp = _sdp_for(42000)
+        alice.sdp = _sdp_for(rtp_socket.getsockname()[1])
+        response, dialog = await alice.call("801", body=alice.sdp)
+        assert response.status == 200 and dialog is not None
+        for digit in "201":
+            info = await alice.send_in_dialog(
+                dialog,
+                "INFO",
+                f"Signal={digit}\r\nDuration=160\r\n".encode(),
+                content_type="application/dtmf-relay",
+            )
+            assert info.status == 200
+        reinvite = await asyncio.wait_for(_next_method(bob, "ACK"), 5)
+        toward_bob = parse_sdp(reinvite.body)  # type: ignore[attr-defined]
+        assert toward_bob.media[0].port not in (42000, rtp_socket.getsockname()[1])
+        offer = await asyncio.wait_for(_next_method(alice, "INVITE"), 5)
+        toward_alice = parse_sdp(offer.body)  # type: ignore[attr-defined]
+        assert toward_alice.media[0].port not in (42000, toward_bob.media[0].port)
+        assert server.relay is not None and dialog.call_id in server.relay
+        assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
+    finally:
+        ivr.stop()

@@ -186,16 +186,21 @@ class ApplicationCall:
         dialog = call.inbound.dialog
         if dialog is None or leg.dialog is None:
             return
-        host, port = call.core.local_address(dialog.peer)
-        reinvite = dialog.create_request(
-            "INVITE", host, port, body=response.body, content_type="application/sdp"
-        )
-        reinvite.headers.add(
-            "Contact", f"<{call.core.contact_uri(call.callee.number, dialog.peer)}>"
-        )
-        call.core.transactions.send_request(
-            reinvite, dialog.peer, _JoinListener(self, leg, reinvite)
-        )
+        call.relay_join(leg)
+
+        def send(body: bytes | None) -> None:
+            host, port = call.core.local_address(dialog.peer)
+            reinvite = dialog.create_request(
+                "INVITE", host, port, body=body or b"", content_type="application/sdp"
+            )
+            reinvite.headers.add(
+                "Contact", f"<{call.core.contact_uri(call.callee.number, dialog.peer)}>"
+            )
+            call.core.transactions.send_request(
+                reinvite, dialog.peer, _JoinListener(self, leg, reinvite)
+            )
+
+        call.pass_sdp("offer", leg, call.inbound, response, send)
 
     def joined(self, leg: OutboundLeg, reinvite: Request, response: Response) -> None:
         from .b2bua import Outcome
@@ -214,16 +219,20 @@ class ApplicationCall:
             self.callto_finished(Outcome.FAILURE)
             return
         peer = leg.dialog
-        host, port = call.core.local_address(peer.peer)
-        leg.ack = peer.create_request(
-            "ACK",
-            host,
-            port,
-            cseq=leg.request.cseq.number,
-            body=response.body,
-            content_type="application/sdp",
-        )
-        call.core.transactions.send_stateless(leg.ack, peer.peer)
+
+        def send(body: bytes | None) -> None:
+            host, port = call.core.local_address(peer.peer)
+            leg.ack = peer.create_request(
+                "ACK",
+                host,
+                port,
+                cseq=leg.request.cseq.number,
+                body=body or b"",
+                content_type="application/sdp",
+            )
+            call.core.transactions.send_stateless(leg.ack, peer.peer)
+
+        call.pass_sdp("answer", call.inbound, leg, response, send)
         self.close_media()
         call.joined_by_application(leg)
         self.callto_finished(Outcome.ANSWERED)

@@ -485,13 +485,14 @@ class Call:
             leg.txn = self.core.transactions.send_request(leg.request, leg.destination, leg)
 
     # --- media relay ---
-    def _relay_for(self, forks: list[OutboundLeg]) -> bool:
+    def _relay_for(self, forks: list[OutboundLeg], joining: bool = False) -> bool:
         """Whether this call's media goes through the relay, deciding it (for good) when one
-        of ``forks`` needs it. Calls an application (IVR) holds keep their own media."""
+        of ``forks`` needs it. While an application (IVR) holds the call it has the media;
+        the question comes when it ``joining`` the caller with a callee."""
         media = self.media
         if media.relayed:
             return True
-        if media.relay is None or self.application is not None:
+        if media.relay is None or (self.application is not None and not joining):
             return False
         request = self.inbound.txn.request
         named = sdp_host(request.body) if is_sdp(request.content_type, request.body) else None
@@ -542,6 +543,26 @@ class Call:
         advertise = self.core.media_addresses(to_peer)[1]
         sender_advertise = self.core.media_addresses(from_peer)[1]
         return kind, self._leg_name(sender), from_peer.host, advertise, sender_advertise
+
+    def pass_sdp(
+        self,
+        kind: Kind,
+        sender: InboundLeg | OutboundLeg,
+        receiver: InboundLeg | OutboundLeg,
+        message: Request | Response,
+        then: Callable[[bytes | None], None],
+        failed: Callable[[RelayError], None] | None = None,
+    ) -> None:
+        """Pass ``message``'s body (an SDP ``kind`` from ``sender``) on to ``then`` for
+        ``receiver``: rewritten by the relay when the call is relayed, else as it is."""
+        step = self._rewrite(kind, sender, receiver) if self.media.relayed else None
+        self.media.pass_on(
+            message.content_type, message.body, step, then, failed or self._media_failed
+        )
+
+    def relay_join(self, leg: OutboundLeg) -> bool:
+        """An application joins the caller with ``leg``: decide whether their media is relayed."""
+        return self._relay_for([leg], joining=True)
 
     def _offer_through_relay(self, attempt: Attempt) -> None:
         """Send the attempt's INVITEs once the relay has rewritten the caller's offer (each
@@ -895,8 +916,7 @@ class Call:
         is relayed: an answer to the caller's offer, or the callee's offer when the caller's
         INVITE had none)."""
         kind: Kind = "answer" if leg.request.body else "offer"
-        step = self._rewrite(kind, leg, self.inbound) if self.media.relayed else None
-        self.media.pass_on(response.content_type, response.body, step, then, self._media_failed)
+        self.pass_sdp(kind, leg, self.inbound, response, then)
 
     def _reply_to_caller(self, response: Response, body: bytes | None = None) -> Response:
         """The callee's provisional or final response, as the caller's dialog sends it, with
@@ -1107,9 +1127,6 @@ class Call:
         if request.method in ("INVITE", "UPDATE"):
             mine.update_target(request)
         txn.on_cancel = None
-        offer = request.method in ("INVITE", "UPDATE")
-        step = self._rewrite("offer", leg, other) if self.media.relayed and offer else None
-
         def send(body: bytes | None) -> None:
             if other.dialog is None or self.state != "answered":
                 self.core.respond(txn, 481, to_tag=mine.local_tag)
@@ -1122,7 +1139,10 @@ class Call:
             if not txn.terminated and txn.last_response is None:
                 self.core.respond(txn, exc.status, exc.reason, to_tag=mine.local_tag)
 
-        self.media.pass_on(request.content_type, request.body, step, send, refuse)
+        if request.method in ("INVITE", "UPDATE"):
+            self.pass_sdp("offer", leg, other, request, send, refuse)
+        else:  # INFO, MESSAGE, ...: their bodies are not session descriptions
+            self.media.pass_on(request.content_type, request.body, None, send, refuse)
 
     def _send_in_dialog(
         self,
@@ -1154,10 +1174,6 @@ class Call:
             return
         leg = self.manager.leg_for(origin.request)
         other = self._other(leg) if leg is not None else None
-        step = None
-        relayed = self.media.relayed and sent.method in ("INVITE", "UPDATE")
-        if relayed and leg is not None and other is not None:
-            step = self._rewrite("answer" if sent.body else "offer", other, leg)
 
         def send(body: bytes | None) -> None:
             self._answer_in_dialog(origin, sent, response, leg, body)
@@ -1167,7 +1183,10 @@ class Call:
             if not origin.terminated and origin.last_response is None:
                 self.core.respond(origin, exc.status, exc.reason)
 
-        self.media.pass_on(response.content_type, response.body, step, send, refuse)
+        if sent.method in ("INVITE", "UPDATE") and leg is not None and other is not None:
+            self.pass_sdp("answer" if sent.body else "offer", other, leg, response, send, refuse)
+        else:
+            self.media.pass_on(response.content_type, response.body, None, send, refuse)
 
     def _answer_in_dialog(
         self,
@@ -1213,7 +1232,6 @@ class Call:
             cseq = other.request.cseq.number  # the ACK for the initial INVITE
         peer = other.dialog
         # An ACK with a body answers an offer made in the 2xx (a late offer).
-        step = self._rewrite("answer", leg, other) if self.media.relayed else None
 
         def send(body: bytes | None) -> None:
             host, port = self.core.local_address(peer.peer)
@@ -1223,7 +1241,7 @@ class Call:
                 other.ack = relayed
             self.core.transactions.send_stateless(relayed, peer.peer)
 
-        self.media.pass_on(ack.content_type, ack.body, step, send, self._media_failed)
+        self.pass_sdp("answer", leg, other, ack, send)
 
     def hangup(self, origin: InboundLeg | OutboundLeg | None, side: str) -> None:
         """End an answered call: send BYE to every leg but ``origin``."""
