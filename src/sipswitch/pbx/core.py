@@ -206,6 +206,11 @@ class PbxCore:
         to_tag: str | None = None,
         body: bytes = b"",
     ) -> Response:
+        last = txn.last_response
+        if status == 100 and last is not None:
+            # The transaction layer already sent a 100 Trying (or something better) for this
+            # INVITE; a second one tells the caller nothing and costs a datagram.
+            return last
         response = self.build_response(txn.request, status, reason, headers, to_tag, body)
         txn.respond(response)
         return response
