@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sipswitch.media.rtpengine import RtpEngineDaemon
 from tests.blackbox.harness import ServerError, SipswitchServer, sipswitch_command
 from tests.blackbox.sipp import Sipp
 
@@ -16,6 +17,7 @@ from .topology import HERE, NatTopology
 
 SIP_PORT = 5060  # the namespace is the server's own: the standard port is free
 RTP_PORTS = (30000, 30999)
+RTPENGINE_NG = ("127.0.0.1", 2223)
 READY_TIMEOUT_S = 20.0
 
 
@@ -141,3 +143,57 @@ def wait_bound(sipp: Sipp, timeout_s: float = 5.0) -> Sipp:
             return sipp
         time.sleep(0.05)
     raise TimeoutError(f"sipp did not bind port {sipp.local_port} in {timeout_s} s")
+
+
+class NamespaceRtpEngine:
+    """An rtpengine daemon (userspace forwarding) in the server namespace, with an interface on
+    each of the server's addresses (``internal`` and ``external``), ports from ``RTP_PORTS``
+    and its ng control port on the namespace's loopback: the ``[relay]`` of
+    ``engine = "rtpengine"``."""
+
+    def __init__(self, topology: NatTopology, log_path: Path) -> None:
+        self.daemon = RtpEngineDaemon(
+            interfaces=(
+                f"internal/{topology.server_local}",
+                f"external/{topology.server_external}",
+            ),
+            port_min=RTP_PORTS[0],
+            port_max=RTP_PORTS[1],
+            ng_host=RTPENGINE_NG[0],
+            ng_port=RTPENGINE_NG[1],
+            log_path=log_path,
+        )
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                topology.command(topology.server, *self.daemon.command()),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + self.daemon.startup_timeout
+        while "Startup complete" not in self.log_tail():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"rtpengine did not start:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    @property
+    def relay_config(self) -> str:
+        host, port = RTPENGINE_NG
+        return f'[relay]\nengine = "rtpengine"\nrtpengine = "{host}:{port}"\n'
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)

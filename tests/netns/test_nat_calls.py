@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from sipswitch.media.rtpengine import RtpEngineDaemon
 from sipswitch.sdp import SessionDescription, parse
 from tests.blackbox import sip_trace
 from tests.blackbox.harness import DEFAULT_USERS, server_missing
@@ -40,7 +41,14 @@ from tests.blackbox.sipp import Sipp, SippResult, sipp_available
 from .counters import PacketCounters, rtp_ssrc
 from .relay_control import RtpPeer
 from .rtp_pcap import write_rtp_pcap
-from .sipswitch_ns import RTP_PORTS, SIP_PORT, NamespaceServer, sipp_in, wait_bound
+from .sipswitch_ns import (
+    RTP_PORTS,
+    SIP_PORT,
+    NamespaceRtpEngine,
+    NamespaceServer,
+    sipp_in,
+    wait_bound,
+)
 from .topology import IP, NatTopology
 
 pytestmark = [
@@ -56,6 +64,12 @@ THIRD_SSRC = 0xBAD
 THIRD_PACKETS = 100
 CALL_LENGTH_MS = 5000
 ANSWER_WAIT_S = 15.0
+# A gap the rtpengine variant shows (strict: the test fails once it is closed, so the mark goes).
+RTPENGINE_ONE_INTERFACE = (
+    "with [relay] engine = rtpengine the server tells rtpengine no interface per leg (no "
+    "interfaces mapping reaches RtpEngineRelay), so rtpengine writes its first interface, the "
+    "local address, into the SDP toward the WAN too"
+)
 
 
 @dataclass
@@ -79,6 +93,7 @@ class CallRecord:
     """What one call left: both SIPp runs, the registration, packet counts in each phone's
     namespace and the third party's reports."""
 
+    engine: str  # the [relay] engine
     caller_side: str  # "lan" or "wan"
     caller: SippResult
     callee: SippResult
@@ -138,21 +153,41 @@ def _received_sdp_port(sipp: Sipp) -> int | None:
     return None
 
 
+@pytest.fixture(scope="module", params=["inprocess", "rtpengine"])
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if name == "rtpengine" and RtpEngineDaemon.available() is None:
+        pytest.skip("rtpengine is not installed (Debian package rtpengine-daemon)")
+    return name
+
+
 @pytest.fixture(scope="module")
-def server(nat: NatTopology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceServer]:
+def server(
+    nat: NatTopology, engine: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NamespaceServer]:
+    """The server in its namespace, relaying with ``engine`` (an rtpengine daemon beside it in
+    the namespace for "rtpengine")."""
     # The third party may aim at the server's local address as well as its external one.
     nat.run(nat.wan, IP, "route", "replace", "10.200.2.0/24", "via", nat.server_external)
+    workdir = tmp_path_factory.mktemp(f"nat-calls-{engine}")
+    rtpengine = (
+        NamespaceRtpEngine(nat, workdir / "rtpengine.log") if engine == "rtpengine" else None
+    )
     sipswitch = NamespaceServer(
-        tmp_path_factory.mktemp("nat-calls"),
+        workdir,
         nat,
         users={LAN_EXT: DEFAULT_USERS[LAN_EXT], WAN_EXT: DEFAULT_USERS[WAN_EXT]},
+        extra_config=rtpengine.relay_config if rtpengine is not None else "",
     )
-    sipswitch.add_extensions()
-    sipswitch.start()
     try:
+        sipswitch.add_extensions()
+        sipswitch.start()
         yield sipswitch
-    finally:
         sipswitch.stop(check=True)
+    finally:
+        sipswitch.kill9()
+        if rtpengine is not None:
+            rtpengine.stop()
 
 
 def _sides(nat: NatTopology) -> tuple[Side, Side]:
@@ -196,7 +231,7 @@ def _phone(
 
 
 def _run_call(
-    nat: NatTopology, server: NamespaceServer, workdir: Path, lan_calls: bool
+    nat: NatTopology, server: NamespaceServer, engine: str, workdir: Path, lan_calls: bool
 ) -> CallRecord:
     lan, wan = _sides(nat)
     caller, callee = (lan, wan) if lan_calls else (wan, lan)
@@ -263,10 +298,9 @@ def _run_call(
         for counters in (lan_in, lan_out, wan_in, server_in):
             counters.remove()
     return CallRecord(
-        caller_side=caller.name, caller=caller_result, callee=callee_result, register=register,
-        lan=lan, wan=wan,
-        lan_counts=lan_counts, wan_counts=wan_counts, server_counts=server_counts, third=reports,
-        server_log=server.log_tail(20000),
+        engine=engine, caller_side=caller.name, caller=caller_result, callee=callee_result,
+        register=register, lan=lan, wan=wan, lan_counts=lan_counts, wan_counts=wan_counts,
+        server_counts=server_counts, third=reports, server_log=server.log_tail(20000),
     )  # fmt: skip
 
 
@@ -274,12 +308,19 @@ def _run_call(
 def call(
     request: pytest.FixtureRequest,
     nat: NatTopology,
+    engine: str,
     server: NamespaceServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> CallRecord:
-    """One call per direction, made once and examined by the tests below."""
+    """One call per direction (and engine), made once and examined by the tests below."""
     key: str = request.param
-    return _run_call(nat, server, tmp_path_factory.mktemp(key), lan_calls=key == "lan-calls-wan")
+    workdir = tmp_path_factory.mktemp(f"{engine}-{key}")
+    return _run_call(nat, server, engine, workdir, lan_calls=key == "lan-calls-wan")
+
+
+def _known_gap(request: pytest.FixtureRequest, call: CallRecord) -> None:
+    if call.engine == "rtpengine":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=RTPENGINE_ONE_INTERFACE))
 
 
 def test_call_connects_through_the_nat(call: CallRecord) -> None:
@@ -316,7 +357,10 @@ def test_via_and_contact_name_the_address_of_each_side(call: CallRecord) -> None
         assert any(m.header("Contact") for m in messages), (side.name, call.describe())
 
 
-def test_sdp_names_the_relay_on_the_address_of_each_side(call: CallRecord) -> None:
+def test_sdp_names_the_relay_on_the_address_of_each_side(
+    request: pytest.FixtureRequest, call: CallRecord
+) -> None:
+    _known_gap(request, call)
     for side, other in ((call.lan, call.wan), (call.wan, call.lan)):
         sdp = call.sdp_to(side)
         assert sdp.connection is not None, sdp.to_text()
@@ -334,7 +378,10 @@ def test_sdp_names_the_relay_on_the_address_of_each_side(call: CallRecord) -> No
             assert "10.200." not in text, text
 
 
-def test_two_way_audio_through_the_relay_behind_nat(call: CallRecord) -> None:
+def test_two_way_audio_through_the_relay_behind_nat(
+    request: pytest.FixtureRequest, call: CallRecord
+) -> None:
+    _known_gap(request, call)
     sent = call.lan_counts["sent"]
     assert sent >= PACKETS - 2, (call.lan_counts, call.describe())
     # LAN phone -> NAT -> relay (local address) -> relay (external address) -> WAN phone ...
