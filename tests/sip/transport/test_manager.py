@@ -245,3 +245,24 @@ async def test_start_twice_is_refused(manager: TransportManager) -> None:
     await manager.start(["127.0.0.1"], 0, 0)
     with pytest.raises(RuntimeError):
         await manager.start(["127.0.0.1"], 0, 0)
+
+
+async def test_several_addresses_of_one_family_each_peer_gets_the_routed_one(
+    manager: TransportManager,
+) -> None:
+    # Two IPv4 addresses, the one the system does NOT route from listed first: a message to a
+    # peer leaves from (and Via/Contact name) the address the route to that peer uses.
+    await manager.start(["127.0.0.5", "127.0.0.1"], 0, 0)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.9", 0))
+    peer.setblocking(False)
+    try:
+        port = peer.getsockname()[1]
+        host, _ = manager.local_address("udp", "127.0.0.9")
+        assert host == "127.0.0.1"
+        assert manager.send(b"hello", Address("udp", "127.0.0.9", port))
+        loop = asyncio.get_running_loop()
+        data, source = await asyncio.wait_for(loop.sock_recvfrom(peer, 100), 2)
+        assert data == b"hello" and source[0] == "127.0.0.1"
+    finally:
+        peer.close()

@@ -89,6 +89,8 @@ class TransportManager:
         self.tls: TlsTransport | None = None
         self.bound = BoundAddresses()
         self._udp_by_family: dict[socket.AddressFamily, UdpTransport] = {}
+        # Several addresses of one family (several interfaces): pick by route per peer.
+        self._udp_choices: dict[socket.AddressFamily, list[UdpTransport]] = {}
         self._routes: OrderedDict[tuple[socket.AddressFamily, str], tuple[float, str]] = (
             OrderedDict()
         )
@@ -159,6 +161,10 @@ class TransportManager:
         self._started = True
         for udp in self.udp:
             self._udp_by_family.setdefault(udp.family, udp)
+            self._udp_choices.setdefault(udp.family, []).append(udp)
+        for family, choices in list(self._udp_choices.items()):
+            if len(choices) < 2 or any(u.local.host in WILDCARDS for u in choices):
+                del self._udp_choices[family]  # one socket (or a wildcard) serves every peer
         log.info("listening on %s", ", ".join(str(address) for address in self.bound))
 
     async def _bind(self, hosts: list[str], udp_port: int, tcp_port: int) -> None:
@@ -190,9 +196,11 @@ class TransportManager:
         """Send by the destination's transport ("udp" or "tcp") and address family."""
         kind = destination.transport
         if kind == "udp":
-            udp = self._udp_by_family.get(
-                socket.AF_INET6 if ":" in destination.host else socket.AF_INET
-            )
+            family = socket.AF_INET6 if ":" in destination.host else socket.AF_INET
+            if family in self._udp_choices:
+                udp: UdpTransport | None = self._udp_toward(family, destination.host)
+            else:
+                udp = self._udp_by_family.get(family)
             return udp is not None and udp.send(data, destination)
         if kind == "tcp":
             return self.tcp.send(data, destination)
@@ -215,10 +223,20 @@ class TransportManager:
             raise LookupError(f"not listening on {transport}")
         host = strip_brackets(family_of)
         family = _family(host)
+        if transport == "udp" and family in self._udp_choices:
+            local = self._udp_toward(family, host).local
+            return local.host, local.port
         chosen = next((a for a in addresses if _family(a.host) == family), addresses[0])
         if chosen.host not in WILDCARDS:
             return chosen.host, chosen.port
         return self._route_source(_family(chosen.host), host), chosen.port
+
+    def _udp_toward(self, family: socket.AddressFamily, host: str) -> UdpTransport:
+        """Of several UDP sockets of ``family``, the one bound to the address the system
+        routes to ``host`` from (each message leaves from the address its peer can reach)."""
+        choices = self._udp_choices[family]
+        source = self._route_source(family, strip_brackets(host))
+        return next((u for u in choices if u.local.host == source), choices[0])
 
     def _route_source(self, family: socket.AddressFamily, host: str) -> str:
         key = (family, host)
@@ -264,4 +282,5 @@ class TransportManager:
         self.udp.clear()
         self.bound.clear()
         self._udp_by_family.clear()
+        self._udp_choices.clear()
         self._routes.clear()
