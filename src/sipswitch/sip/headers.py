@@ -248,6 +248,9 @@ class Via:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
 
+_TRANSPORTS = frozenset(("UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "udp", "tcp", "tls"))
+
+
 def parse_via(value: str) -> Via:
     text = value.strip(_WS)
     semi = text.find(";")
@@ -257,7 +260,11 @@ def parse_via(value: str) -> Via:
         raise SipError("Malformed Via")
     name, version = parts[0].strip(_WS), parts[1].strip(_WS)
     tail = parts[2].strip(_WS).split(None, 1)
-    if len(tail) != 2 or not is_token(name) or not is_token(version) or not is_token(tail[0]):
+    if len(tail) != 2 or not (
+        (name == "SIP" or is_token(name))
+        and (version == "2.0" or is_token(version))
+        and (tail[0] in _TRANSPORTS or is_token(tail[0]))
+    ):
         raise SipError("Malformed Via")
     transport = tail[0].upper()
     host, port = parse_hostport(tail[1].replace(" ", "").replace("\t", ""))

@@ -25,6 +25,8 @@ from .uri import Uri
 
 T = TypeVar("T")
 
+_MISSING: Any = object()
+
 # Compact forms (RFC 3261 §7.3.3 and later RFCs) and canonical spellings of known headers.
 COMPACT_FORMS = {
     "v": "Via", "f": "From", "t": "To", "i": "Call-ID", "m": "Contact", "l": "Content-Length",
@@ -177,13 +179,19 @@ class Headers:
 
     def parsed(self, name: str, parse: Callable[[Headers], T]) -> T:
         """Cache ``parse(self)`` under the header's key until that header changes."""
-        key = header_key(name)[0]
-        try:
-            return self._cache[key]  # type: ignore[no-any-return]
-        except KeyError:
-            value = parse(self)
-            self._cache[key] = value
-            return value
+        return self.parsed_key(header_key(name)[0], parse)
+
+    def parsed_key(self, key: str, parse: Callable[[Headers], T]) -> T:
+        """``parsed`` for a lookup key (lower-case, compact forms expanded) known in advance."""
+        cache = self._cache
+        value = cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = cache[key] = parse(self)
+        return value  # type: ignore[no-any-return]
+
+    def all_of_key(self, key: str) -> list[str]:
+        """``get_all`` for a lookup key known in advance."""
+        return [item[2] for item in self._items if item[0] == key]
 
     def copy(self) -> Headers:
         return Headers(list(self._items))
@@ -194,7 +202,7 @@ class Headers:
 
 
 def _single(headers: Headers, name: str) -> str:
-    values = headers.get_all(name)
+    values = headers.all_of_key(header_key(name)[0])
     if not values:
         raise SipError(f"Missing {name} header")
     if len(values) > 1:
@@ -203,7 +211,13 @@ def _single(headers: Headers, name: str) -> str:
 
 
 def _vias(headers: Headers) -> list[Via]:
-    values = headers.values("Via")
+    lines = headers.all_of_key("via")
+    if len(lines) == 1 and "," not in lines[0]:
+        values = [lines[0].strip()]
+    else:
+        values = []
+        for line in lines:
+            values.extend(split_list(line))
     if not values:
         raise SipError("Missing Via header")
     out = []
@@ -212,6 +226,37 @@ def _vias(headers: Headers) -> list[Via]:
             raise SipError("Empty Via value")
         out.append(parse_via(value))
     return out
+
+
+def _call_id(headers: Headers) -> str:
+    return _single(headers, "Call-ID").strip()
+
+
+def _cseq(headers: Headers) -> CSeq:
+    return parse_cseq(_single(headers, "CSeq"))
+
+
+def _from(headers: Headers) -> NameAddr:
+    return parse_name_addr(_single(headers, "From"))
+
+
+def _to(headers: Headers) -> NameAddr:
+    return parse_name_addr(_single(headers, "To"))
+
+
+def _max_forwards(headers: Headers) -> int | None:
+    values = headers.all_of_key("max-forwards")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise SipError("Multiple Max-Forwards headers")
+    try:
+        return parse_uint(values[0], 255, "Max-Forwards")
+    except SipError:
+        # RFC 4475 §3.1.2.4: an overlarge value may be treated as absent.
+        if values[0].strip().isdigit():
+            return None
+        raise
 
 
 def _contacts(headers: Headers) -> list[NameAddr] | None:
@@ -239,50 +284,36 @@ class Message:
     # --- typed views (parsed lazily, cached) ---
     @property
     def call_id(self) -> str:
-        return self.headers.parsed("Call-ID", lambda h: _single(h, "Call-ID").strip())
+        return self.headers.parsed_key("call-id", _call_id)
 
     @property
     def cseq(self) -> CSeq:
-        return self.headers.parsed("CSeq", lambda h: parse_cseq(_single(h, "CSeq")))
+        return self.headers.parsed_key("cseq", _cseq)
 
     @property
     def from_(self) -> NameAddr:
-        return self.headers.parsed("From", lambda h: parse_name_addr(_single(h, "From")))
+        return self.headers.parsed_key("from", _from)
 
     @property
     def to(self) -> NameAddr:
-        return self.headers.parsed("To", lambda h: parse_name_addr(_single(h, "To")))
+        return self.headers.parsed_key("to", _to)
 
     @property
     def vias(self) -> list[Via]:
-        return self.headers.parsed("Via", _vias)
+        return self.headers.parsed_key("via", _vias)
 
     @property
     def top_via(self) -> Via:
-        return self.vias[0]
+        return self.headers.parsed_key("via", _vias)[0]
 
     @property
     def contacts(self) -> list[NameAddr] | None:
         """Parsed Contact values; ``None`` for ``Contact: *``; ``[]`` when absent."""
-        return self.headers.parsed("Contact", _contacts)
+        return self.headers.parsed_key("contact", _contacts)
 
     @property
     def max_forwards(self) -> int | None:
-        def parse(h: Headers) -> int | None:
-            values = h.get_all("Max-Forwards")
-            if not values:
-                return None
-            if len(values) > 1:
-                raise SipError("Multiple Max-Forwards headers")
-            try:
-                return parse_uint(values[0], 255, "Max-Forwards")
-            except SipError:
-                # RFC 4475 §3.1.2.4: an overlarge value may be treated as absent.
-                if values[0].strip().isdigit():
-                    return None
-                raise
-
-        return self.headers.parsed("Max-Forwards", parse)
+        return self.headers.parsed_key("max-forwards", _max_forwards)
 
     @property
     def content_type(self) -> str | None:
@@ -302,13 +333,15 @@ class Message:
 
     def to_bytes(self) -> bytes:
         """Serialise; Content-Length is always written from the real body length."""
-        out = [self.start_line(), "\r\n"]
-        for key, name, value in self.headers._items:
-            if key != "content-length":
-                out.append(f"{name}: {value}\r\n")
-        out.append(f"Content-Length: {len(self.body)}\r\n\r\n")
-        head = "".join(out).encode("utf-8", "surrogateescape")
-        return head + self.body if self.body else head
+        lines = "".join(
+            [f"{name}: {value}\r\n" for key, name, value in self.headers._items
+             if key != "content-length"]
+        )
+        body = self.body
+        head = f"{self.start_line()}\r\n{lines}Content-Length: {len(body)}\r\n\r\n".encode(
+            "utf-8", "surrogateescape"
+        )
+        return head + body if body else head
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .errors import SipError
 from .headers import is_token
-from .message import Headers, Message, Request, Response, header_key, known_header_name
+from .message import _KEYS, Headers, Message, Request, Response, header_key
 from .uri import parse_uri
 
 MAX_MESSAGE_SIZE = 65535
@@ -51,7 +51,10 @@ def _parse_head(head: bytes) -> Message:
     if len(start) > MAX_LINE:
         raise MessageError("Start line too long", 414 if not start.startswith("SIP/") else 400)
     items: list[tuple[str, str, str]] = []
-    for line in lines[1:]:
+    append = items.append
+    known_key = _KEYS.get  # names seen before were checked as tokens then
+    for index in range(1, len(lines)):
+        line = lines[index]
         if not line:
             continue
         if line[0] in " \t":
@@ -64,10 +67,12 @@ def _parse_head(head: bytes) -> Message:
         if colon <= 0:
             raise MessageError("Malformed header line", 400, _partial(start, items))
         name = line[:colon].rstrip(" \t")
-        if not known_header_name(name) and not is_token(name):
-            raise MessageError("Malformed header name", 400, _partial(start, items))
-        key, spelled = header_key(name)
-        items.append((key, spelled, line[colon + 1 :].strip(" \t")))
+        known = known_key(name)
+        if known is None:
+            if not is_token(name):
+                raise MessageError("Malformed header name", 400, _partial(start, items))
+            known = header_key(name)
+        append((known[0], known[1], line[colon + 1 :].strip(" \t")))
     headers = Headers(items)
     if start.startswith("SIP/"):
         return _parse_status_line(start, headers)
@@ -94,37 +99,55 @@ def _parse_status_line(line: str, headers: Headers) -> Response:
     return Response(int(code), reason, headers, version=SIP_VERSION)
 
 
+# Methods already seen to be tokens (bounded: methods are chosen by peers).
+_TOKEN_METHODS: set[str] = {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER"}
+_MAX_TOKEN_METHODS = 256
+
+
+def _placeholder(method: str, headers: Headers) -> Request:
+    """The partial request a MessageError carries when the Request-Line is unusable."""
+    return Request(method, parse_uri("sip:invalid"), headers)
+
+
 def _parse_request_line(line: str, headers: Headers) -> Request:
     line = line.rstrip(" \t")  # RFC 4475 §3.1.2.10: tolerate trailing spaces
     parts = line.split(" ")
     if len(parts) != 3 or not all(parts):
-        partial = Request("UNKNOWN", parse_uri("sip:invalid"), headers)
+        partial = _placeholder("UNKNOWN", headers)
         if parts and is_token(parts[0]):
             partial.method = parts[0]
         raise MessageError("Malformed Request-Line", 400, partial)
     method, uri_text, version = parts
-    partial = Request(method if is_token(method) else "UNKNOWN", parse_uri("sip:invalid"), headers)
-    if not is_token(method):
-        raise MessageError("Malformed method", 400, partial)
-    if version.upper() != SIP_VERSION:
+    if method not in _TOKEN_METHODS:
+        if not is_token(method):
+            raise MessageError("Malformed method", 400, _placeholder("UNKNOWN", headers))
+        if len(_TOKEN_METHODS) < _MAX_TOKEN_METHODS:
+            _TOKEN_METHODS.add(method)
+    if version != SIP_VERSION and version.upper() != SIP_VERSION:
+        partial = _placeholder(method, headers)
         if version[:4].upper() == "SIP/":
             raise MessageError("Unsupported SIP version", 505, partial)
         raise MessageError("Malformed SIP version", 400, partial)
     try:
         uri = parse_uri(uri_text)
     except SipError as exc:
-        raise MessageError(f"Malformed Request-URI: {exc.reason}", 400, partial) from None
+        raise MessageError(
+            f"Malformed Request-URI: {exc.reason}", 400, _placeholder(method, headers)
+        ) from None
     return Request(method, uri, headers, version=SIP_VERSION)
 
 
 def _content_length(message: Message) -> int | None:
-    values = message.headers.get_all("Content-Length")
+    values = message.headers.all_of_key("content-length")
     if not values:
         return None
-    distinct = {v.strip() for v in values}
-    if len(distinct) > 1:
-        raise MessageError("Conflicting Content-Length headers", 400, _answerable(message))
-    text = distinct.pop()
+    if len(values) == 1:
+        text = values[0].strip()
+    else:
+        distinct = {v.strip() for v in values}
+        if len(distinct) > 1:
+            raise MessageError("Conflicting Content-Length headers", 400, _answerable(message))
+        text = distinct.pop()
     if not text.isdigit() or not text.isascii() or len(text) > 10:
         raise MessageError("Malformed Content-Length", 400, _answerable(message))
     return int(text)

@@ -17,6 +17,7 @@ MAX_URI_LENGTH = 4096
 _ILLEGAL = re.compile(r'[\x00-\x20<>"\x7f]')
 _HOST = re.compile(r"[A-Za-z0-9.\-_]+")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
+_SIP_SCHEMES = frozenset(("sip", "sips", "SIP", "SIPS"))
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")
 
 
@@ -115,8 +116,9 @@ def parse_uri(text: str) -> Uri:
     if colon <= 0:
         raise SipError("URI without a scheme")
     scheme = text[:colon]
-    if not (scheme[0].isascii() and scheme[0].isalpha()) or any(
-        c not in _SCHEME_CHARS for c in scheme
+    if scheme not in _SIP_SCHEMES and (
+        not (scheme[0].isascii() and scheme[0].isalpha())
+        or any(c not in _SCHEME_CHARS for c in scheme)
     ):
         raise SipError("Malformed URI scheme")
     if _ILLEGAL.search(text) is not None:

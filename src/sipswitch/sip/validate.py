@@ -15,6 +15,8 @@ from .message import Request, Response
 from .uri import SipUri
 
 _SINGLE = ("From", "To", "Call-ID", "CSeq")
+_SINGLE_KEYS = ("from", "to", "call-id", "cseq")
+_COUNTED = (*_SINGLE_KEYS, "require")
 
 
 def check_request(
@@ -26,8 +28,13 @@ def check_request(
     if request.method not in known_methods:
         raise SipError("Method not supported", 501)
     headers = request.headers
-    for name in _SINGLE:
-        count = headers.count(name)
+    counts = dict.fromkeys(_COUNTED, 0)
+    for item in headers._items:
+        key = item[0]
+        if key in counts:
+            counts[key] += 1
+    for name, key in zip(_SINGLE, _SINGLE_KEYS, strict=True):
+        count = counts[key]
         if count == 0:
             raise SipError(f"Missing {name} header")
         if count > 1:
@@ -43,7 +50,7 @@ def check_request(
         raise SipError("Unsupported URI scheme", 416)
     if request.uri.headers is not None:
         raise SipError("Headers are not allowed in the Request-URI")
-    if request.method not in ("ACK", "CANCEL"):
+    if counts["require"] and request.method not in ("ACK", "CANCEL"):
         required = [v for v in headers.values("Require") if v]
         unsupported = [v for v in required if v.lower() not in supported_extensions]
         if unsupported:

@@ -168,7 +168,9 @@ class TransactionLayer(MessageSink):
             params = dict(via.params)
             params["branch"] = branch
             replace_top_via(
-                request.headers, Via(via.transport, via.host, via.port, params, via.protocol)
+                request.headers,
+                Via(via.transport, via.host, via.port, params, via.protocol),
+                request.vias,
             )
         key = (branch, method)
         if key in self._client:

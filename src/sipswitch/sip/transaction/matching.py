@@ -83,10 +83,15 @@ def same_host(via_host: str, source_host: str) -> bool:
     return False
 
 
-def replace_top_via(headers: Headers, via: Via) -> None:
-    """Write ``via`` in place of the top Via value, keeping the other Via values in order."""
+def replace_top_via(headers: Headers, via: Via, parsed: list[Via] | None = None) -> None:
+    """Write ``via`` in place of the top Via value, keeping the other Via values in order.
+    ``parsed`` (the Via values as parsed before) keeps the parsed view cached, so the new text
+    is not parsed again."""
     headers.remove_first_value("Via")
     headers.prepend("Via", str(via))
+    if parsed:
+        vias = [via, *parsed[1:]]
+        headers.parsed_key("via", lambda _headers: vias)
 
 
 def stamp_via(request: Request, via: Via, source: Address, force_rport: bool = False) -> Via:
@@ -107,7 +112,7 @@ def stamp_via(request: Request, via: Via, source: Address, force_rport: bool = F
         new_params["rport"] = str(source.port)
     new_params["received"] = source.host
     stamped = Via(via.transport, via.host, via.port, new_params, via.protocol)
-    replace_top_via(request.headers, stamped)
+    replace_top_via(request.headers, stamped, request.vias)
     return stamped
 
 
