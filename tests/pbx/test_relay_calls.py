@@ -12,10 +12,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from sipswitch.media.rtpengine import RtpEngineDaemon
 from sipswitch.sdp.model import parse as parse_sdp
 from sipswitch.sip.message import Request
 from sipswitch.sip.transport.base import Address
 from sipswitch.sip.transport.loop import LoopTransport
+from tests.blackbox.ports import free_port_block
 
 from .conftest import PASSWORD, SERVER, Lab
 from .phone import Phone
@@ -278,3 +280,39 @@ async def test_call_to_a_phone_that_stopped_answering_keepalives_fails_at_once(l
     response, _ = await alice.call("201")
     assert response.status == 480
     assert bob.incoming.empty()
+
+
+@pytest.mark.skipif(
+    RtpEngineDaemon.available() is None,
+    reason="rtpengine is not installed (scripts/install-test-deps.sh installs rtpengine-daemon)",
+)
+async def test_rtpengine_relays_a_call(lab: Lab, sockets: list[RtpSocket]) -> None:
+    base = free_port_block(40, "127.0.0.1")
+    daemon = RtpEngineDaemon(interfaces=("127.0.0.1",), port_min=base, port_max=base + 39)
+    await daemon.start()
+    try:
+        host, port = daemon.ng_address
+        lab.extra_config = f'[relay]\nengine = "rtpengine"\nrtpengine = "{host}:{port}"\n'
+        server = await lab.start_server()
+        await set_extension(lab, "201", forward_media=True)
+        alice = await registered(lab.phone("200"))
+        bob = await registered(lab.phone("201"))
+        a_rtp, b_rtp = rtp_socket(sockets), rtp_socket(sockets)
+        bob.sdp = sdp("127.0.0.1", b_rtp.port)
+        response, dialog = await alice.call("201", sdp("127.0.0.1", a_rtp.port))
+        assert response.status == 200 and dialog is not None
+        incoming = await asyncio.wait_for(bob.incoming.get(), 2)
+        toward_bob, toward_alice = media_of(incoming.request.body), media_of(response.body)
+        for _, relay_port in (toward_bob, toward_alice):
+            assert base <= relay_port <= base + 39  # rtpengine's ports
+        await exchange(a_rtp, toward_alice, b_rtp, toward_bob)
+        assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
+        assert server.relay is not None
+        for _ in range(50):
+            if dialog.call_id not in server.relay:
+                break
+            await asyncio.sleep(0.05)
+        assert dialog.call_id not in server.relay
+        await lab.stop_server()
+    finally:
+        await daemon.stop()

@@ -344,6 +344,9 @@ class RelaySettings(Section):
 
     engine: str = "inprocess"
     rtpengine: str = "127.0.0.1:2223"
+    # rtpengine with several interfaces (--interface=lan/10.0.0.1 --interface=wan/203.0.113.5):
+    # the interface name for each address the server advertises, e.g. {"10.0.0.1" = "lan"}.
+    rtpengine_interfaces: dict[str, str] = Field(default_factory=dict)
     always: bool = False
     timeout: Annotated[float, Field(gt=0, le=86400)] = 60.0
 
@@ -353,6 +356,16 @@ class RelaySettings(Section):
         if value not in ("inprocess", "rtpengine"):
             raise ValueError('engine must be "inprocess" or "rtpengine"')
         return value
+
+    @field_validator("rtpengine_interfaces")
+    @classmethod
+    def _interfaces(cls, value: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for address, name in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+                raise ValueError(f"{name!r} is not an rtpengine interface name")
+            out[_ip_literal(address)] = name
+        return out
 
     @field_validator("rtpengine")
     @classmethod

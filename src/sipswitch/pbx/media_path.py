@@ -95,7 +95,9 @@ async def open_relay(
     if settings.engine == "rtpengine":
         host, _, port = settings.rtpengine.rpartition(":")
         client = await NgClient.open(host.strip("[]"), int(port), clock)
-        return RtpEngineRelay(client, clock, timeout=settings.timeout)
+        return RtpEngineRelay(
+            client, clock, interfaces=settings.rtpengine_interfaces, timeout=settings.timeout
+        )
     return InProcessRelay(allocator, clock, timeout=settings.timeout)
 
 
