@@ -5,7 +5,8 @@ self-signed certificate the other trusts (``[tls] ca_file``) and client certific
 subjectAltName, the office's trunk host is 127.0.0.41); the office's names ``localhost`` (the
 carrier's trunk host). Calls go out and come back in over TLS, each side recognising the other by
 its certificate; a carrier whose certificate does not name the trunk's host gets nothing, and
-the call fails with 503."""
+the call fails with 503. An external line registered over TLS, on an office that asks for no
+client certificates, takes the carrier's calls because they come back on its own connection."""
 
 from __future__ import annotations
 
@@ -171,3 +172,43 @@ def test_without_tls_a_tls_trunk_is_reported_unusable(node: NodeFactory, tmp_pat
         name="uac_call_503-no-tls",
     )
     assert refused.ok, refused.describe()
+
+
+def test_a_line_over_tls_takes_calls_back_on_its_own_connection(
+    node: NodeFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    """The office asks for no client certificates: calls from the carrier are the line's only
+    because they come back on the connection the office opened (and verified) to register."""
+    carrier = node(CARRIER_HOST, {**CARRIER_USERS, "5551000": "line-pw-Tl9"}, "carrier")
+    office = node(OFFICE_HOST, OFFICE_USERS, "office")
+    carrier_tls, office_tls = free_port(CARRIER_HOST), free_port(OFFICE_HOST)
+    carrier.configure(_tls(carrier_tls, office, "none"))
+    office.configure(
+        _tls(office_tls, carrier, "none")
+        + _tls_trunk(
+            "carrier",
+            CARRIER_HOST,
+            carrier_tls,
+            'kind = "line"\nusername = "5551000"\npassword = "line-pw-Tl9"\n'
+            'caller_id = "fixed"\ncaller_number = "5551000"\n' + DIDS + "options_interval = 0\n",
+        )
+        + _rule("9", "trunk:carrier", "strip = 1")
+    )
+    _selfsigned(carrier, CARRIER_HOST)
+    _selfsigned(office, "localhost")
+    for server in (carrier, office):
+        server.add_extensions()
+        server.start()
+    _wait_for(office, "carrier", "registration", "registered")
+
+    callee = sipp_uas(carrier, "300", "uas_answer", calls=1)
+    out = _call(office, "200", "9300", tmp_path)
+    assert out.ok, out.describe()
+    invite = _received_invite(callee)
+    assert "<sip:5551000@" in invite.split("From:", 1)[1].split("\n", 1)[0], invite
+
+    office_phone = sipp_uas(office, "200", "uas_answer", calls=1)
+    into = _call(carrier, "300", "5551000", tmp_path)
+    assert into.ok, into.describe()
+    invite = _received_invite(office_phone)
+    assert 'From: "User 300" <sip:300@' in invite, invite
