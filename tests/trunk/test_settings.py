@@ -86,3 +86,15 @@ def test_the_documented_configurations_load(tmp_path: Path) -> None:
     for text in blocks:
         names.append([t.name for t in _load(tmp_path, text)])
     assert names[:3] == [["branch-a", "branch-b", "carrier"], ["hq"], ["hq"]]
+
+
+def test_tls_verify_clients(tmp_path: Path) -> None:
+    path = tmp_path / "sipswitch.toml"
+    path.write_text("[tls]\n")
+    tls = load_settings(path, tmp_path / "data").tls
+    assert tls is not None and tls.verify_clients == "none"  # phones as before
+    path.write_text('[tls]\nverify_clients = "optional"\n')
+    tls = load_settings(path, tmp_path / "data").tls
+    assert tls is not None and tls.verify_clients == "optional"
+    message = _error(tmp_path, '[tls]\nport = 5061\nverify_clients = "required"\n')
+    assert "sipswitch.toml:3" in message and "verify_clients" in message, message
