@@ -102,7 +102,7 @@ class TlsConnection(TcpConnection):
         # when client certificates are asked for); an unverified one reads as empty.
         peercert = transport.get_extra_info("peercert")
         self.peercert = peercert or None
-        if self.outgoing and self.peer is not None:
+        if self.outgoing:
             # The name is ours to check.
             if self.domain is None or not certificate_names(peercert, self.domain):
                 named = ", ".join(sorted(certificate_identities(peercert))) or "nothing usable"
@@ -346,7 +346,9 @@ class TlsTransport(TcpTransport):
             return None
         return self._refusals.get(Address(self.name, host, destination.port))
 
-    def _refused(self, peer: Address, reason: str | None) -> None:
+    def _refused(self, peer: Address | None, reason: str | None) -> None:
+        if peer is None:
+            return
         if reason is None:
             self._refusals.pop(peer, None)
             return
