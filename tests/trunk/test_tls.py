@@ -1,9 +1,9 @@
 """Trunks over TLS on real loopback connections: which names a verified certificate proves (SIP
 domain identities and iPAddress entries), outgoing connections to a trunk known by address,
-client certificates asked for (``verify_clients``) and verified, and ``TrunkManager.identify``
-recognising a TLS trunk by the certificate of the connection a request came on — a client
-certificate, or the server certificate of a connection this side opened — never by its address
-alone; a TLS trunk on a server without ``[tls]`` is reported unusable."""
+client certificates asked for (``verify_clients``, also after a reload) and verified, and
+``TrunkManager.identify`` recognising a TLS trunk by the certificate of the connection a request
+came on — a client certificate, or the server certificate of a connection this side opened —
+never by its address alone; a TLS trunk on a server without ``[tls]`` is reported unusable."""
 
 from __future__ import annotations
 
@@ -206,6 +206,16 @@ async def test_client_certificates_are_verified_only_when_asked_for(
     assert rogue.transport.send(request(via=TLS_VIA, call_id="rogue"), asking.address)
     await wait_until(lambda: asking.transport.failed_handshakes == failed + 1)
     assert len(asking.sink.messages) == 2
+
+
+async def test_a_reloaded_certificate_still_asks_for_client_certificates(
+    sides: list[Side], certs: Path
+) -> None:
+    asking = await open_side(sides, certs, "ip", verify_clients=True)
+    assert asking.transport.certificates.reload()
+    client = await open_side(sides, certs, "pbx")
+    source = await deliver(client, asking, "127.0.0.1")
+    assert asking.transport.peer_identities(source) == {"pbx.test"}
 
 
 def test_an_unreadable_client_ca_stops_the_start(certs: Path, tmp_path: Path) -> None:
