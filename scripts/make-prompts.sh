@@ -32,6 +32,8 @@ say please-hold "Please hold while we connect your call."
 say busy "The person you are calling is busy."
 say no-answer "The person you are calling does not answer."
 say goodbye "Goodbye."
+say forwarding-set "Call forwarding is set to"
+say forwarding-cleared "Call forwarding is cleared."
 
 digits=(zero one two three four five six seven eight nine)
 for d in "${!digits[@]}"; do
