@@ -2,8 +2,9 @@
 set 201 --forward-media``), or any call with ``[relay] always``, reaches each phone with the
 server's address and relay ports in its SDP instead of the other phone's; RTP sent by the
 caller comes back from the callee's SIPp echo (``-rtp_echo``) through the relay; after the BYE
-the relay's ports are closed. A call between two local phones with neither switch keeps the
-phones' own media addresses.
+the relay's ports are closed. Each with the in-process relay and with an rtpengine daemon
+(``[relay] engine = "rtpengine"``). A call between two local phones with neither switch keeps
+the phones' own media addresses.
 
 The caller's media port is an RTP socket of the test (SIPp's ``-key rtpport``), which sends
 G.711 packets with its own SSRC and records what comes back."""
@@ -13,12 +14,14 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from sipswitch.media.rtpengine import RtpEngineDaemon
 from sipswitch.sdp import SessionDescription, parse
+from tests.netns.sipswitch_ns import RtpEngineProcess
 
 from . import sip_trace
 from .conftest import ServerFactory
@@ -36,7 +39,7 @@ CALLER, CALLEE = "200", "201"
 MEDIA_PORTS = 200  # the server's [media] range for relay ports
 PACKETS = 100  # 2 s of 20 ms packets from the caller
 CALLER_SSRC = 0x5EED0200
-CALL_LENGTH_MS = 5000
+CALL_LENGTH_MS = 3500
 WAIT_S = 10.0
 
 
@@ -165,25 +168,54 @@ def _closed(port: int) -> bool:
     return False
 
 
-def _relay_server(factory: ServerFactory, how: str) -> tuple[SipswitchServer, range]:
-    low = free_port_block(MEDIA_PORTS)
-    ports = range(low, low + MEDIA_PORTS)
-    config = f"[media]\nrtp_port_min = {low}\nrtp_port_max = {low + MEDIA_PORTS - 1}\n"
+def _relay_server(
+    factory: ServerFactory, how: str, rtpengine: RtpEngineProcess | None = None
+) -> tuple[SipswitchServer, range]:
+    """A server whose calls to 201 are relayed (``how``: "extension" sets 201's forward_media,
+    "always" sets [relay] always, "off" neither), by ``rtpengine`` when given."""
+    if rtpengine is not None:
+        low, high = rtpengine.daemon.port_min, rtpengine.daemon.port_max
+        config = rtpengine.relay_config
+    else:
+        low = free_port_block(MEDIA_PORTS)
+        high = low + MEDIA_PORTS - 1
+        config = f"[media]\nrtp_port_min = {low}\nrtp_port_max = {high}\n\n[relay]\n"
     if how == "always":
-        config += "\n[relay]\nalways = true\n"
+        config += "always = true\n"
     server = factory(extra_config=config, start=False)
     if how == "extension":
         done = server.cli("ext", "set", CALLEE, "--forward-media")
         assert done.returncode == 0, done.stdout + done.stderr
     server.start()
-    return server, ports
+    return server, range(low, high + 1)
+
+
+@pytest.fixture(params=["inprocess", "rtpengine"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RtpEngineProcess | None]:
+    """The relay engine: the server's own (None), or an rtpengine daemon on 127.0.0.1."""
+    if request.param == "inprocess":
+        yield None
+        return
+    if RtpEngineDaemon.available() is None:
+        pytest.skip("rtpengine is not installed (Debian package rtpengine-daemon)")
+    low = free_port_block(MEDIA_PORTS)
+    daemon = RtpEngineProcess(
+        (HOST,), (low, low + MEDIA_PORTS - 1), (HOST, free_port()), tmp_path / "rtpengine.log"
+    )
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.parametrize("how", ["extension", "always"])
 def test_relayed_call_carries_rtp_both_ways_and_closes_its_ports(
-    sipswitch_server: ServerFactory, tmp_path: Path, how: str
+    sipswitch_server: ServerFactory,
+    tmp_path: Path,
+    how: str,
+    engine: RtpEngineProcess | None,
 ) -> None:
-    server, relay_ports = _relay_server(sipswitch_server, how)
+    server, relay_ports = _relay_server(sipswitch_server, how, engine)
     with RtpProbe() as probe:
         phones = Phones(server, tmp_path, probe)
         try:

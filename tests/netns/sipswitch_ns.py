@@ -145,31 +145,37 @@ def wait_bound(sipp: Sipp, timeout_s: float = 5.0) -> Sipp:
     raise TimeoutError(f"sipp did not bind port {sipp.local_port} in {timeout_s} s")
 
 
-class NamespaceRtpEngine:
-    """An rtpengine daemon (userspace forwarding) in the server namespace, with an interface on
-    each of the server's addresses (``internal`` and ``external``), ports from ``RTP_PORTS``
-    and its ng control port on the namespace's loopback: the ``[relay]`` of
-    ``engine = "rtpengine"``."""
+class RtpEngineProcess:
+    """An rtpengine daemon (userspace forwarding, no configuration file) run for a test:
+    ``interfaces`` as rtpengine's ``--interface`` values, ``ports`` its RTP range, ``ng`` its
+    control address; in namespace ``ns`` of ``topology`` when given. ``relay_config`` is the
+    ``[relay]`` section pointing a server at it."""
 
-    def __init__(self, topology: NatTopology, log_path: Path) -> None:
+    def __init__(
+        self,
+        interfaces: tuple[str, ...],
+        ports: tuple[int, int],
+        ng: tuple[str, int],
+        log_path: Path,
+        *,
+        topology: NatTopology | None = None,
+        ns: str = "",
+    ) -> None:
         self.daemon = RtpEngineDaemon(
-            interfaces=(
-                f"internal/{topology.server_local}",
-                f"external/{topology.server_external}",
-            ),
-            port_min=RTP_PORTS[0],
-            port_max=RTP_PORTS[1],
-            ng_host=RTPENGINE_NG[0],
-            ng_port=RTPENGINE_NG[1],
+            interfaces=interfaces,
+            port_min=ports[0],
+            port_max=ports[1],
+            ng_host=ng[0],
+            ng_port=ng[1],
             log_path=log_path,
         )
         self.log_path = log_path
+        command = self.daemon.command()
+        if topology is not None:
+            command = topology.command(ns, *command)
         with log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                topology.command(topology.server, *self.daemon.command()),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         deadline = time.monotonic() + self.daemon.startup_timeout
         while "Startup complete" not in self.log_tail():
@@ -178,9 +184,22 @@ class NamespaceRtpEngine:
                 raise RuntimeError(f"rtpengine did not start:\n{self.log_tail()}")
             time.sleep(0.05)
 
+    @classmethod
+    def beside(cls, topology: NatTopology, log_path: Path) -> RtpEngineProcess:
+        """In the server namespace: an interface on each of the server's addresses
+        (``internal`` and ``external``), ports ``RTP_PORTS``, control on its loopback."""
+        return cls(
+            (f"internal/{topology.server_local}", f"external/{topology.server_external}"),
+            RTP_PORTS,
+            RTPENGINE_NG,
+            log_path,
+            topology=topology,
+            ns=topology.server,
+        )
+
     @property
     def relay_config(self) -> str:
-        host, port = RTPENGINE_NG
+        host, port = self.daemon.ng_address
         return f'[relay]\nengine = "rtpengine"\nrtpengine = "{host}:{port}"\n'
 
     def log_tail(self, limit: int = 4000) -> str:

@@ -44,8 +44,8 @@ from .rtp_pcap import write_rtp_pcap
 from .sipswitch_ns import (
     RTP_PORTS,
     SIP_PORT,
-    NamespaceRtpEngine,
     NamespaceServer,
+    RtpEngineProcess,
     sipp_in,
     wait_bound,
 )
@@ -171,7 +171,7 @@ def server(
     nat.run(nat.wan, IP, "route", "replace", "10.200.2.0/24", "via", nat.server_external)
     workdir = tmp_path_factory.mktemp(f"nat-calls-{engine}")
     rtpengine = (
-        NamespaceRtpEngine(nat, workdir / "rtpengine.log") if engine == "rtpengine" else None
+        RtpEngineProcess.beside(nat, workdir / "rtpengine.log") if engine == "rtpengine" else None
     )
     sipswitch = NamespaceServer(
         workdir,
