@@ -210,69 +210,46 @@ def compute_response(
 # --- header parsing -------------------------------------------------------------------------
 
 
+_AUTH_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# One auth-param and the comma after it (or the end): a quoted string may hold any character
+# but controls (tab excepted) and DEL, escaped by a backslash or not.
+_AUTH_PARAM = re.compile(
+    rf"[ \t\r\n]*({_AUTH_TOKEN})[ \t\r\n]*=[ \t\r\n]*"
+    r'(?:"([^"\\\x00-\x08\x0a-\x1f\x7f]*(?:\\[^\x00-\x08\x0a-\x1f\x7f][^"\\\x00-\x08\x0a-\x1f\x7f]*)*)"'
+    rf"|({_AUTH_TOKEN}))"
+    r"[ \t\r\n]*(,|\Z)"
+)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+
 def _parse_digest_params(value: str) -> dict[str, str] | None:
     """The auth-params of a ``Digest`` header value (names lowercased), or None if malformed."""
     if len(value) > MAX_HEADER_LENGTH:
         return None
-    text = _FOLD.sub(" ", value).strip(_LWS)
+    text = _FOLD.sub(" ", value).strip(_LWS) if "\n" in value else value.strip(_LWS)
     if text[:6].lower() != "digest" or len(text) < 7 or text[6] not in _LWS:
         return None
     params: dict[str, str] = {}
-    i = 6
+    position = 6
     n = len(text)
+    match = _AUTH_PARAM.match
     while True:
-        while i < n and text[i] in _LWS:
-            i += 1
-        start = i
-        while i < n and text[i] in _TOKEN_CHARS:
-            i += 1
-        if i == start:
+        found = match(text, position)
+        if found is None:
             return None
-        name = text[start:i].lower()
-        while i < n and text[i] in _LWS:
-            i += 1
-        if i >= n or text[i] != "=":
-            return None
-        i += 1
-        while i < n and text[i] in _LWS:
-            i += 1
-        if i < n and text[i] == '"':
-            i += 1
-            chars: list[str] = []
-            while True:
-                if i >= n:
-                    return None
-                ch = text[i]
-                if ch == '"':
-                    i += 1
-                    break
-                if ch == "\\":
-                    i += 1
-                    if i >= n:
-                        return None
-                    ch = text[i]
-                if ch in "\r\n" or (ch < " " and ch != "\t") or ch == "\x7f":
-                    return None
-                chars.append(ch)
-                i += 1
-            param = "".join(chars)
-        else:
-            start = i
-            while i < n and text[i] in _TOKEN_CHARS:
-                i += 1
-            if i == start:
-                return None
-            param = text[start:i]
+        name, quoted, token, comma = found.groups()
+        name = name.lower()
         if name in params or len(params) >= MAX_PARAMS:
             return None
-        params[name] = param
-        while i < n and text[i] in _LWS:
-            i += 1
-        if i >= n:
-            return params
-        if text[i] != ",":
-            return None
-        i += 1
+        if quoted is None:
+            params[name] = token
+        elif "\\" in quoted:
+            params[name] = _QUOTED_PAIR.sub(r"\1", quoted)
+        else:
+            params[name] = quoted
+        position = found.end()
+        if not comma:
+            return params if position >= n else None
 
 
 def parse_credentials(value: str) -> DigestCredentials | None:
