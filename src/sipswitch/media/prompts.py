@@ -23,6 +23,8 @@ SHIPPED_PROMPTS = (
     "busy",
     "no-answer",
     "goodbye",
+    "forwarding-set",
+    "forwarding-cleared",
     *(f"digit-{d}" for d in range(10)),
 )
 
