@@ -24,7 +24,8 @@ from .ivr.prompts import PromptFolders, voice_dirs
 from .ivr.registry import ScriptRegistry
 from .media.session import BEEP, MediaSession, PlayResult
 from .pbx import server as pbx_server
-from .pbx.application import Application, ApplicationCall
+from .pbx.application import Application, ApplicationCall, ApplicationError
+from .pbx.b2bua import FEATURE_CONFIRM, forwarding_reason
 from .sip.clock import LoopClock
 from .trunk.manager import TrunkManager
 
@@ -298,6 +299,32 @@ class VoicemailAccess(VoicemailApplication):
         await control.play(["goodbye"], False)
 
 
+class FeatureConfirmation(Application):
+    """``feature-confirm``: a star code changed the caller's forwarding (the argument is
+    ``KIND:TARGET``, the target empty when cleared); the server answers, says so ("call
+    forwarding is set to" and the target's digits, or "... is cleared") and hangs up. A call it
+    cannot answer (no offer, no common codec) gets 480 with the same words as reason phrase."""
+
+    def __init__(self, prompts: PromptFolders, data_dir: Path) -> None:
+        self.prompts = prompts
+        self.data_dir = data_dir
+
+    async def run(self, call: ApplicationCall, argument: str) -> None:
+        kind, _, target = argument.partition(":")
+        control = SipCallControl(call, self.prompts, self.data_dir)
+        try:
+            await control.answer()
+        except ApplicationError:
+            raise ApplicationError(480, forwarding_reason(kind, target or None)) from None
+        if target:
+            prompts = ["forwarding-set", *(f"digit-{d}" for d in target if d.isdigit())]
+        else:
+            prompts = ["forwarding-cleared"]
+        with contextlib.suppress(CallerHungUp):
+            await control.play(prompts, False)
+        # The application's end hangs up: a BYE to the caller.
+
+
 async def serve(settings: Settings) -> int:
     """Run the server with its applications until SIGTERM or SIGINT."""
     ivr = IvrApplication(settings)
@@ -306,6 +333,7 @@ async def serve(settings: Settings) -> int:
         "ivr": ivr,
         "voicemail": VoicemailApplication(settings.data_dir, ivr.prompts),
         "voicemail-access": VoicemailAccess(settings.data_dir, ivr.prompts),
+        FEATURE_CONFIRM: FeatureConfirmation(ivr.prompts, settings.data_dir),
     }
     try:
         return await pbx_server.serve(

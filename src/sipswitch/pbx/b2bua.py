@@ -64,6 +64,7 @@ _MEDIA_TYPES = ("application/sdp", "multipart/mixed")
 _FEATURE_CODE = re.compile(r"\*(9[0-3])(?:\*([0-9]{1,32}))?#?")
 _FEATURE_KINDS = {"93": "always", "90": "busy", "92": "no_answer", "91": "unreachable"}
 VOICEMAIL_ACCESS_CODE = "*97"
+FEATURE_CONFIRM = "feature-confirm"  # the application that confirms a star code by voice
 # A caller number taken from a trunk's From or P-Asserted-Identity; anything else is anonymous.
 _TRUNK_CALLER = re.compile(r"[A-Za-z0-9+*#._-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -1541,8 +1542,9 @@ class CallManager:
 
     async def feature_code(self, txn: ServerTransaction, caller: Extension, code: str) -> bool:
         """Star codes that set the caller's forwarding: ``*93*NUMBER#`` (always), ``*90*``
-        (busy), ``*92*`` (no answer), ``*91*`` (unreachable); ``*93#`` etc. clear. Answered
-        with 480 and a reason phrase saying what was set (no media is needed for that)."""
+        (busy), ``*92*`` (no answer), ``*91*`` (unreachable); ``*93#`` etc. clear. The
+        ``feature-confirm`` application, when there is one, answers and says what was set;
+        otherwise (and when it cannot answer) 480 with a reason phrase saying it."""
         match = _FEATURE_CODE.fullmatch(code)
         if match is None:
             return False
@@ -1554,9 +1556,18 @@ class CallManager:
         changes: dict[str, Any] = {f"forward_{kind}": target}
         await self.store.set(caller.number, **changes)
         await self.directory.load()
-        what = kind.replace("_", " ")
-        reason = f"Forwarding {what} to {target}" if target else f"Forwarding {what} cleared"
+        reason = forwarding_reason(kind, target)
         log.info("extension %s: %s", caller.number, reason.lower())
+        if FEATURE_CONFIRM in self.applications:
+            request = txn.request
+            party = _party(caller, request.from_.display_text)
+            # No "#" in the number the server answers as: it is not allowed in a Contact user.
+            call = Call(self, txn, txn.source, party, CallParty(code.rstrip("#"), ""), caller)
+            self.calls.add(call)
+            hops = request.max_forwards
+            confirm = ToApplication(FEATURE_CONFIRM, f"{kind}:{target or ''}")
+            call.start(confirm, (70 if hops is None else hops) - 1)
+            return True
         self.core.respond(txn, 480, reason)
         return True
 
@@ -1632,6 +1643,12 @@ class CallManager:
                 call.hangup(None, "system")
             elif call.state == "ringing":
                 call.finish_unanswered(503, hangup_side="system")
+
+
+def forwarding_reason(kind: str, target: str | None) -> str:
+    """What a star code did, in words: "Forwarding busy to 202", "Forwarding always cleared"."""
+    what = kind.replace("_", " ")
+    return f"Forwarding {what} to {target}" if target else f"Forwarding {what} cleared"
 
 
 def _party(extension: Extension, fallback_display: str) -> CallParty:
