@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -325,8 +325,9 @@ class FeatureConfirmation(Application):
         # The application's end hangs up: a BYE to the caller.
 
 
-async def serve(settings: Settings) -> int:
-    """Run the server with its applications until SIGTERM or SIGINT."""
+async def serve(settings: Settings, settings_source: Callable[[], Settings] | None = None) -> int:
+    """Run the server with its applications until SIGTERM or SIGINT; SIGHUP reloads the
+    settings with ``settings_source`` (reads the file again)."""
     ivr = IvrApplication(settings)
     ivr.start()
     applications: dict[str, Application] = {
@@ -337,7 +338,10 @@ async def serve(settings: Settings) -> int:
     }
     try:
         return await pbx_server.serve(
-            settings, applications=applications, trunks=TrunkManager(settings)
+            settings,
+            applications=applications,
+            trunks=TrunkManager(settings),
+            settings_source=settings_source,
         )
     finally:
         ivr.stop()

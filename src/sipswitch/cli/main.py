@@ -1,11 +1,15 @@
-"""The ``sipswitch`` command: serve, check-config, extension management and IVR scripts."""
+"""The ``sipswitch`` command: serve, reload, check-config, extension management and IVR
+scripts."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -78,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common], help="run the server")
     serve.set_defaults(handler=_serve)
+    reload = commands.add_parser(
+        "reload",
+        parents=[common],
+        help="make the running server read its settings file and TLS certificates again",
+    )
+    reload.set_defaults(handler=_reload)
 
     check = commands.add_parser(
         "check-config", parents=[common], help="validate the settings file and exit"
@@ -245,12 +255,64 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # Imported here: the other commands need none of the server's modules.
     app: Any = importlib.import_module("sipswitch.app")
+    # SIGHUP reads the same file again, with the same --data.
+    source = functools.partial(load_settings, _config_path(args), getattr(args, "data", None))
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            code = runner.run(app.serve(settings))
+            code = runner.run(app.serve(settings, source))
     except KeyboardInterrupt:
         return 130
     return int(code or 0)
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the server running on the data directory (found by its pid file), once the
+    settings file is known to be valid."""
+    from sipswitch.pbx.server import PID_FILE
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{PROG}: the server was not signalled; it keeps its settings", file=sys.stderr)
+        return 1
+    pid_file = settings.data_dir / PID_FILE
+    pid = _server_pid(pid_file)
+    os.kill(pid, signal.SIGHUP)
+    print(
+        f"sent SIGHUP to sipswitch (pid {pid} in {pid_file}): it reads its settings file again "
+        "(groups, dial plan and lists apply to new calls; other changes need a restart) and its "
+        "TLS certificates; its log tells the outcome"
+    )
+    return 0
+
+
+def _server_pid(pid_file: Path) -> int:
+    """The pid of the server that wrote ``pid_file``, checked to be a running sipswitch (a
+    stale file's number may belong to another process by now)."""
+    try:
+        text = pid_file.read_text()
+    except FileNotFoundError:
+        raise CommandError(
+            f"no server is running on this data directory ({pid_file} does not exist)"
+        ) from None
+    try:
+        pid = int(text.strip())
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise CommandError(f"{pid_file} does not hold a process id")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise CommandError(f"no server is running: process {pid} ({pid_file}) is gone") from None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc to check against: the file is trusted
+    if b"sipswitch" not in command:
+        raise CommandError(f"process {pid} ({pid_file}) is not sipswitch: not signalled")
+    return pid
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -4,7 +4,8 @@ Order: the black and white lists, then an exact extension or group number, then 
 (longest matching prefix first; a rule rewrites the number by stripping and prepending digits and
 routes the result, rejects the call with its status, or sends it out through a trunk). Several
 trunk rules with the same prefix are tried in the order written (failover). Numbers are checked
-against a strict syntax before anything else, so nothing odd reaches a route.
+against a strict syntax before anything else, so nothing odd reaches a route. ``configure`` swaps
+the groups, dial plan and lists when the settings are reloaded.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ class Router:
     ) -> None:
         self.directory = directory
         self.applications = applications or {}
+        self.configure(groups, dialplan, lists)
+
+    def configure(
+        self, groups: list[GroupSettings], dialplan: list[DialRule], lists: ListSettings
+    ) -> None:
+        """Use these groups, dial plan and lists from the next number resolved on (settings
+        reloaded at run time). A call keeps what it was routed to: a group being rung keeps
+        its members and timeouts."""
         self.groups = {group.number: group for group in groups}
         # Longest prefix first; among equal prefixes, the order written.
         self.rules = sorted(dialplan, key=lambda rule: -len(rule.prefix))

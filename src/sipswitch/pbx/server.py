@@ -3,18 +3,22 @@ the security gate and the handlers, reloads TLS certificates on SIGHUP and when 
 change, and shuts down cleanly on SIGTERM (no new calls, transactions finish, registrations and
 CDRs flushed). External lines and trunks come in as a ``Trunks`` service (``trunk.manager``):
 resolved and allow-listed before the security gate is built, started once the transports are
-up, stopped (lines unregistered) before they close."""
+up, stopped (lines unregistered) before they close. SIGHUP also reloads the settings file: its
+groups, dial plan and lists apply to new calls, other changes are logged as needing a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+from ..config.errors import ConfigError
 from ..config.settings import Settings
 from ..media.relay_backend import RelayBackend
 from ..sip.clock import Clock, LoopClock
@@ -46,6 +50,9 @@ from .security import SecurityGate
 SHUTDOWN_GRACE = 3.0
 EXPIRY_SWEEP_INTERVAL = 30.0
 CERTIFICATE_CHECK_INTERVAL = 5.0
+PID_FILE = "sipswitch.pid"  # in the data directory while ``serve`` runs (``sipswitch reload``)
+# Settings a reload applies to the next call; every other one needs a restart.
+RELOADABLE = ("groups", "dialplan", "lists")
 
 
 class Trunks(TrunkService, Protocol):
@@ -68,8 +75,10 @@ class SipServer:
         transports: TransportManager | None = None,
         applications: dict[str, Application] | None = None,
         trunks: Trunks | None = None,
+        settings_source: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
+        self.settings_source = settings_source  # reads the settings file again (SIGHUP)
         self.applications = applications or {}
         self.trunks = trunks
         self.out = out
@@ -193,6 +202,52 @@ class SipServer:
             return False
         return self.certificates.reload()
 
+    def reload(self) -> None:
+        """SIGHUP: the TLS certificates and the settings file again."""
+        self.reload_certificates()
+        self.reload_settings()
+
+    def reload_settings(self) -> bool:
+        """Read the settings again (``settings_source``). Valid: the groups, dial plan and lists
+        apply from the next call on (calls in progress keep theirs), and any other setting that
+        changed is logged as needing a restart. Invalid: each error is logged with its file and
+        line and the settings in use stay. True when new settings were taken."""
+        if self.settings_source is None or self.calls is None:
+            return False
+        try:
+            new = self.settings_source()
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("settings not reloaded, the previous ones stay in use: %s", issue)
+            return False
+        except Exception:
+            log.exception("settings not reloaded, the previous ones stay in use")
+            return False
+        old = self.settings
+        for key in _changed_keys(
+            old.model_dump(exclude=set(RELOADABLE)), new.model_dump(exclude=set(RELOADABLE)), ""
+        ):
+            log.warning("setting %s changed: it needs a restart to apply", key)
+        trunks = {trunk.name for trunk in old.trunks}
+        for rule in new.dialplan:
+            name = rule.target.removeprefix("trunk:")
+            if rule.target.startswith("trunk:") and name not in trunks:
+                log.warning(
+                    "dial plan prefix %r names trunk %s, which is not configured: such calls "
+                    "get 503",
+                    rule.prefix,
+                    name,
+                )
+        self.calls.router.configure(new.groups, new.dialplan, new.lists)
+        self.settings = old.model_copy(update={key: getattr(new, key) for key in RELOADABLE})
+        log.info(
+            "settings reloaded: %d groups, %d dial plan rules and the caller lists apply to new "
+            "calls",
+            len(new.groups),
+            len(new.dialplan),
+        )
+        return True
+
     async def _watch_certificates(self) -> None:
         assert self.certificates is not None
         while True:
@@ -243,13 +298,44 @@ class SipServer:
         await self.database.close()
 
 
+def _changed_keys(old: Any, new: Any, name: str) -> list[str]:
+    """The dotted names of the settings that differ between two ``model_dump()`` trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            changed
+            for key in sorted(old.keys() | new.keys())
+            for changed in _changed_keys(old.get(key), new.get(key), f"{name}.{key}".lstrip("."))
+        ]
+    return [] if old == new else [name]
+
+
+def _write_pid_file(path: Path) -> None:
+    """``sipswitch reload`` finds the running server by this file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        temporary.write_text(f"{os.getpid()}\n")
+        temporary.replace(path)
+    except OSError as exc:
+        log.warning("cannot write %s (%s): sipswitch reload will not find this server", path, exc)
+
+
+def _remove_pid_file(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():  # not another server's
+            path.unlink()
+
+
 async def serve(
     settings: Settings,
     applications: dict[str, Application] | None = None,
     trunks: Trunks | None = None,
+    settings_source: Callable[[], Settings] | None = None,
 ) -> int:
-    """Run until SIGTERM or SIGINT; return the process exit code."""
-    server = SipServer(settings, applications=applications, trunks=trunks)
+    """Run until SIGTERM or SIGINT; return the process exit code. SIGHUP reloads the TLS
+    certificates and, with ``settings_source``, the settings."""
+    server = SipServer(
+        settings, applications=applications, trunks=trunks, settings_source=settings_source
+    )
     try:
         await server.start()
     except (OSError, CertificateError) as exc:
@@ -264,10 +350,15 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    pid_file = settings.data_dir / PID_FILE
+    _write_pid_file(pid_file)
     sys.stdout.flush()
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+        await server.stop()
+    finally:
+        _remove_pid_file(pid_file)
     log.info("stopped")
     return 0
