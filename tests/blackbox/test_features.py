@@ -1,5 +1,5 @@
-"""Forwarding and groups, driven by SIPp against the running server: the caller is a SIPp
-UAC, every callee a SIPp UAS registered for its extension."""
+"""Forwarding, star codes and groups, driven by SIPp against the running server: the caller is
+a SIPp UAC, every callee a SIPp UAS registered for its extension."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from . import sip_trace
 from .conftest import ServerFactory, UasFactory
 from .harness import SipswitchServer, server_missing
-from .sipp import SippResult, run_sipp
+from .rtp_probe import RtpProbe, decode_pcmu, rms
+from .sipp import Sipp, SippResult, run_sipp
 
 pytestmark = [
     pytest.mark.blackbox,
@@ -120,3 +122,43 @@ def test_linear_hunt_group_moves_on_from_busy(
     caller = _call(server, "610", tmp_path)
     assert caller.ok, caller.describe()
     assert busy.wait(timeout_s=30).ok and target.wait(timeout_s=30).ok
+
+
+def test_star_code_is_confirmed_by_voice_then_applies(
+    sipswitch_server: ServerFactory, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    """200 dials *93*202#: the server answers, says "call forwarding is set to two zero two"
+    (RTP to SIPp's media port) and hangs up with a BYE; a call to 200 then reaches 202."""
+    server = _server(sipswitch_server)
+    with RtpProbe() as probe:
+        setter = Sipp(
+            "vm_uac_listen",  # answered by the server, which then hangs up
+            server.remote,
+            tmp_path,
+            service="*93*202#",
+            users=[("200", server.users["200"])],
+            timeout_s=60,
+            extra=["-key", "rtpport", str(probe.port)],
+            name="star-code",
+        ).start()
+        confirmed = setter.wait()
+    assert confirmed.ok, confirmed.describe()
+    assert sip_trace.find(confirmed, "received", method="BYE"), confirmed.describe()
+    spoken = [p for p in probe.packets if p.payload_type == 0]
+    # The prompt (1.9 s) and three digits: well over 2.5 s of 20 ms packets.
+    assert len(spoken) > 125, len(spoken)
+    loud = [p for p in spoken if rms(decode_pcmu(p.payload)) > 500]
+    assert len(loud) > 50, len(loud)  # speech, not silence
+
+    target = sipp_uas(server, "202", "uas_answer")
+    caller = run_sipp(
+        "uac_call_forwarded",
+        server.remote,
+        tmp_path,
+        service="200",
+        users=[("201", server.users["201"])],
+        timeout_s=60,
+        name="call-200",
+    )
+    assert caller.ok, caller.describe()
+    assert target.wait(timeout_s=30).ok
