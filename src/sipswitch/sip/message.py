@@ -282,29 +282,37 @@ class Message:
         self.body = body
 
     # --- typed views (parsed lazily, cached) ---
+    # These are read many times per message: the cache is looked up here first (none of these
+    # views is ever None), the parse goes through ``parsed_key`` only the first time.
     @property
     def call_id(self) -> str:
-        return self.headers.parsed_key("call-id", _call_id)
+        value: str | None = self.headers._cache.get("call-id")
+        return value if value is not None else self.headers.parsed_key("call-id", _call_id)
 
     @property
     def cseq(self) -> CSeq:
-        return self.headers.parsed_key("cseq", _cseq)
+        value: CSeq | None = self.headers._cache.get("cseq")
+        return value if value is not None else self.headers.parsed_key("cseq", _cseq)
 
     @property
     def from_(self) -> NameAddr:
-        return self.headers.parsed_key("from", _from)
+        value: NameAddr | None = self.headers._cache.get("from")
+        return value if value is not None else self.headers.parsed_key("from", _from)
 
     @property
     def to(self) -> NameAddr:
-        return self.headers.parsed_key("to", _to)
+        value: NameAddr | None = self.headers._cache.get("to")
+        return value if value is not None else self.headers.parsed_key("to", _to)
 
     @property
     def vias(self) -> list[Via]:
-        return self.headers.parsed_key("via", _vias)
+        value: list[Via] | None = self.headers._cache.get("via")
+        return value if value is not None else self.headers.parsed_key("via", _vias)
 
     @property
     def top_via(self) -> Via:
-        return self.headers.parsed_key("via", _vias)[0]
+        value: list[Via] | None = self.headers._cache.get("via")
+        return (value if value is not None else self.headers.parsed_key("via", _vias))[0]
 
     @property
     def contacts(self) -> list[NameAddr] | None:
