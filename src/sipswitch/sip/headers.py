@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import SipError
-from .uri import SipUri, Uri, parse_hostport, parse_uri
+from .uri import AbsoluteUri, SipUri, Uri, parse_hostport, parse_uri
 
 MAX_CSEQ = 2**32 - 1
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -166,8 +166,31 @@ class NameAddr:
         return self.uri
 
 
+# From, To and Contact values repeat on every message of a dialog: value -> parsed. Bounded
+# (the values are chosen by peers); callers get copies, so nobody can change a cached entry.
+_NAME_ADDR_CACHE: dict[str, NameAddr] = {}
+_NAME_ADDR_CACHE_SIZE = 4096
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """Parse name-addr or addr-spec with header parameters (RFC 3261 §20.10)."""
+    cached = _NAME_ADDR_CACHE.get(value)
+    if cached is None:
+        cached = _parse_name_addr(value)
+        if len(_NAME_ADDR_CACHE) >= _NAME_ADDR_CACHE_SIZE:
+            _NAME_ADDR_CACHE.clear()
+        _NAME_ADDR_CACHE[value] = cached
+    uri = cached.uri
+    if isinstance(uri, SipUri):
+        uri = SipUri(
+            uri.scheme, uri.host, uri.user, uri.password, uri.port, dict(uri.params), uri.headers
+        )
+    else:
+        uri = AbsoluteUri(uri.scheme, uri.text)
+    return NameAddr(uri, cached.display, dict(cached.params))
+
+
+def _parse_name_addr(value: str) -> NameAddr:
     text = value.strip(_WS)
     if not text:
         raise SipError("Empty address")
