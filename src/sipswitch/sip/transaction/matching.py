@@ -140,4 +140,6 @@ def response_destination(request: Request, source: Address, force_rport: bool = 
         port = int(rport)
     else:
         port = via.port if via.port is not None else DEFAULT_PORT
+    if host == source.host and port == source.port:
+        return source  # the usual case (rport, or no NAT): the same frozen value
     return Address(source.transport, host, port)

@@ -19,6 +19,7 @@ from .base import Address, MessageSink
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER = 4 * 1024 * 1024
+MAX_SOURCES = 4096  # peer addresses remembered (they are chosen by peers: bounded)
 
 # A request starts with a method token and a space, a response with "SIP/". Anything else
 # (STUN, RTP sent to the wrong port, scanners' junk) is not worth a parse or an answer.
@@ -66,6 +67,9 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._lost: asyncio.Future[None] | None = None
         self.dropped = 0  # datagrams dropped before parsing (empty, oversize, not SIP)
+        # The Address of each recent peer (socket address -> Address): most datagrams come
+        # from a peer seen a moment ago, and building a frozen dataclass costs more than a get.
+        self._sources: dict[tuple[str | int, ...], Address] = {}
 
     @classmethod
     async def open(
@@ -110,7 +114,12 @@ class UdpTransport(asyncio.DatagramProtocol):
         sink = self.sink
         if sink is None:
             return
-        source = Address("udp", str(addr[0]), int(addr[1]))
+        source = self._sources.get(addr)
+        if source is None:
+            source = Address("udp", str(addr[0]), int(addr[1]))
+            if len(self._sources) >= MAX_SOURCES:
+                self._sources.clear()
+            self._sources[addr] = source
         try:
             message = parse_datagram(data)
         except MessageError as error:
