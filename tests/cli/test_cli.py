@@ -8,6 +8,7 @@ import re
 import sqlite3
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -207,9 +208,11 @@ def test_serve_runs_the_server_with_the_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[Settings] = []
+    sources: list[Callable[[], Settings]] = []
 
-    async def serve(settings: Settings) -> int:
+    async def serve(settings: Settings, settings_source: Callable[[], Settings]) -> int:
         seen.append(settings)
+        sources.append(settings_source)
         await asyncio.sleep(0)
         return 7
 
@@ -220,6 +223,9 @@ def test_serve_runs_the_server_with_the_settings(
     config.write_text("[sip]\nudp_port = 0\n")
     assert run(capsys, "serve", "--config", str(config), "--data", str(data))[0] == 7
     assert seen[0].sip.udp_port == 0 and seen[0].data_dir == data
+    config.write_text("[sip]\nudp_port = 5070\n")  # what SIGHUP reads: the same file and --data
+    reloaded = sources[0]()
+    assert reloaded.sip.udp_port == 5070 and reloaded.data_dir == data
 
     config.write_text("[sip]\nudp_port = 'x'\n")
     code, _, err = run(capsys, "serve", "--config", str(config))
