@@ -3,8 +3,9 @@ WAN, in network namespaces (see topology.py): the server listens on its local ad
 (10.200.2.1, toward the LAN) and its external one (198.51.100.1, toward the WAN), with ``[nat]``
 naming both and 10.200.0.0/16 as its local network.
 
-SIPp phones: 200 in the LAN (registers through the NAT), 201 on the WAN. Each call is made once
-per direction, and its evidence is checked by several tests:
+SIPp phones: 200 in the LAN (registers through the NAT), 201 on the WAN. A call is made once
+per direction and relay engine (the in-process relay; an rtpengine daemon in the server's
+namespace), and its evidence is checked by several tests:
 
 - both calls connect (the LAN phone is reached through its NAT mapping);
 - the Via and Contact the server sends name its external address toward the WAN phone and its
@@ -17,7 +18,9 @@ per direction, and its evidence is checked by several tests:
   at the WAN phone from 198.51.100.1 and come back to the LAN phone from 10.200.2.1, which only
   works when the relay latched onto the NAT's public port;
 - a third WAN address (198.51.100.3) sending to the relay's ports during the call is dropped:
-  neither phone ever sees its SSRC, and it hears nothing of the call.
+  neither phone ever sees its SSRC, and it hears nothing of the call. (The WAN namespace gets a
+  route to the server's local address, so it can aim at every relay socket; the counters at
+  the WAN phone accept only packets from the external address.)
 """
 
 from __future__ import annotations
