@@ -221,6 +221,23 @@ async def test_local_address_of_a_specific_listener(manager: TransportManager) -
         manager.local_address("tls", "127.0.0.1")
 
 
+async def test_local_address_answers_are_kept_only_while_the_sockets_are(
+    sink: RecordingSink,
+) -> None:
+    manager = TransportManager(sink, VirtualClock())
+    await manager.start(["127.0.0.1"], 0, 0)
+    port = manager.bound.port("udp")
+    for _ in range(2):  # the second answer comes from the cache
+        assert manager.local_address("udp", "192.0.2.7") == ("127.0.0.1", port)
+    await manager.stop()
+    with pytest.raises(LookupError):
+        manager.local_address("udp", "192.0.2.7")  # nothing bound: no stale answer
+    await manager.start(["127.0.0.1"], 0, 0)
+    new_port = manager.bound.port("udp")
+    assert manager.local_address("udp", "192.0.2.7") == ("127.0.0.1", new_port)
+    await manager.stop()
+
+
 async def test_local_address_behind_a_wildcard(manager: TransportManager) -> None:
     await manager.start(["0.0.0.0"], 0, 0)
     port = manager.bound.port("udp")

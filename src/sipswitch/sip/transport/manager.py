@@ -95,6 +95,8 @@ class TransportManager:
             OrderedDict()
         )
         self._route_ttl = route_cache_ttl
+        # local_address answers that depend on no route: (transport, destination) -> address.
+        self._fixed_local: dict[tuple[str, str], tuple[str, int]] = {}
         self._route_cache_size = route_cache_size
         self._started = False
 
@@ -129,6 +131,7 @@ class TransportManager:
             for address in [a for a in self.bound if a.transport == "tls"]:
                 self.bound.remove(address)
             raise
+        self._fixed_local.clear()
         log.info("listening for TLS on %s", ", ".join(str(a) for a in tls.listening))
 
     async def start(self, listen: list[str], udp_port: int, tcp_port: int) -> None:
@@ -165,6 +168,7 @@ class TransportManager:
         for family, choices in list(self._udp_choices.items()):
             if len(choices) < 2 or any(u.local.host in WILDCARDS for u in choices):
                 del self._udp_choices[family]  # one socket (or a wildcard) serves every peer
+        self._fixed_local.clear()  # answered while the sockets were being bound
         log.info("listening on %s", ", ".join(str(address) for address in self.bound))
 
     async def _bind(self, hosts: list[str], udp_port: int, tcp_port: int) -> None:
@@ -213,6 +217,9 @@ class TransportManager:
         """The (host, port) to advertise in Via/Contact for a message to host ``family_of``: the
         listening address of that family, or when it is a wildcard the source address the
         kernel would use to reach that host. LookupError when ``transport`` is not served."""
+        fixed = self._fixed_local.get((transport, family_of))
+        if fixed is not None:
+            return fixed
         if transport == "udp":
             addresses = [udp.local for udp in self.udp]
         elif transport == "tcp":
@@ -228,6 +235,11 @@ class TransportManager:
             return local.host, local.port
         chosen = next((a for a in addresses if _family(a.host) == family), addresses[0])
         if chosen.host not in WILDCARDS:
+            # Fixed while these sockets are bound (a wildcard's answer follows the routes):
+            # the B2BUA asks about seven times per call.
+            if len(self._fixed_local) >= self._route_cache_size:
+                self._fixed_local.clear()
+            self._fixed_local[(transport, family_of)] = (chosen.host, chosen.port)
             return chosen.host, chosen.port
         return self._route_source(_family(chosen.host), host), chosen.port
 
@@ -284,3 +296,4 @@ class TransportManager:
         self._udp_by_family.clear()
         self._udp_choices.clear()
         self._routes.clear()
+        self._fixed_local.clear()
