@@ -200,7 +200,16 @@ class RtpEngineProcess:
     @property
     def relay_config(self) -> str:
         host, port = self.daemon.ng_address
-        return f'[relay]\nengine = "rtpengine"\nrtpengine = "{host}:{port}"\n'
+        names = {
+            address: name
+            for name, _, address in (item.partition("/") for item in self.daemon.interfaces)
+            if address
+        }
+        mapping = ", ".join(f'"{address}" = "{name}"' for address, name in names.items())
+        return (
+            f'[relay]\nengine = "rtpengine"\nrtpengine = "{host}:{port}"\n'
+            f"rtpengine_interfaces = {{ {mapping} }}\n"
+        )
 
     def log_tail(self, limit: int = 4000) -> str:
         try:

@@ -67,12 +67,6 @@ THIRD_SSRC = 0xBAD
 THIRD_PACKETS = 100
 CALL_LENGTH_MS = 5000
 ANSWER_WAIT_S = 15.0
-# A gap the rtpengine variant shows (strict: the test fails once it is closed, so the mark goes).
-RTPENGINE_ONE_INTERFACE = (
-    "with [relay] engine = rtpengine the server tells rtpengine no interface per leg (no "
-    "interfaces mapping reaches RtpEngineRelay), so rtpengine writes its first interface, the "
-    "local address, into the SDP toward the WAN too"
-)
 
 
 @dataclass
@@ -321,11 +315,6 @@ def call(
     return _run_call(nat, server, engine, workdir, lan_calls=key == "lan-calls-wan")
 
 
-def _known_gap(request: pytest.FixtureRequest, call: CallRecord) -> None:
-    if call.engine == "rtpengine":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=RTPENGINE_ONE_INTERFACE))
-
-
 def test_call_connects_through_the_nat(call: CallRecord) -> None:
     assert call.caller.ok, call.describe()
     assert call.callee.ok, call.describe()
@@ -360,10 +349,7 @@ def test_via_and_contact_name_the_address_of_each_side(call: CallRecord) -> None
         assert any(m.header("Contact") for m in messages), (side.name, call.describe())
 
 
-def test_sdp_names_the_relay_on_the_address_of_each_side(
-    request: pytest.FixtureRequest, call: CallRecord
-) -> None:
-    _known_gap(request, call)
+def test_sdp_names_the_relay_on_the_address_of_each_side(call: CallRecord) -> None:
     for side, other in ((call.lan, call.wan), (call.wan, call.lan)):
         sdp = call.sdp_to(side)
         assert sdp.connection is not None, sdp.to_text()
@@ -381,10 +367,7 @@ def test_sdp_names_the_relay_on_the_address_of_each_side(
             assert "10.200." not in text, text
 
 
-def test_two_way_audio_through_the_relay_behind_nat(
-    request: pytest.FixtureRequest, call: CallRecord
-) -> None:
-    _known_gap(request, call)
+def test_two_way_audio_through_the_relay_behind_nat(call: CallRecord) -> None:
     sent = call.lan_counts["sent"]
     assert sent >= PACKETS - 2, (call.lan_counts, call.describe())
     # LAN phone -> NAT -> relay (local address) -> relay (external address) -> WAN phone ...
