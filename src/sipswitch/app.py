@@ -22,6 +22,7 @@ from .ivr.engine import FlowEngine
 from .ivr.interface import CallControl, CallerHungUp, CallOutcome
 from .ivr.prompts import PromptFolders, voice_dirs
 from .ivr.registry import ScriptRegistry
+from .media.ports import PortsExhausted
 from .media.session import BEEP, MediaSession, PlayResult
 from .pbx import server as pbx_server
 from .pbx.application import Application, ApplicationCall, ApplicationError
@@ -314,7 +315,9 @@ class FeatureConfirmation(Application):
         control = SipCallControl(call, self.prompts, self.data_dir)
         try:
             await control.answer()
-        except ApplicationError:
+        except (ApplicationError, PortsExhausted, OSError) as exc:
+            # No offer, no common codec, no media port: the words go in the reason phrase.
+            log.info("call %s: star code not confirmed by voice: %s", call.call.call_id, exc)
             raise ApplicationError(480, forwarding_reason(kind, target or None)) from None
         if target:
             prompts = ["forwarding-set", *(f"digit-{d}" for d in target if d.isdigit())]

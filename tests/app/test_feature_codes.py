@@ -140,6 +140,19 @@ async def test_a_call_the_server_cannot_answer_gets_480_with_the_words(
     assert server.calls is not None and not server.calls.calls
 
 
+async def test_no_free_media_port_gets_480_with_the_words(
+    lab: Lab, rtp_socket: socket.socket
+) -> None:
+    server = await _server(lab)
+    alice = await _phone(lab, "200", rtp_socket)
+    assert server.calls is not None
+    ports = server.calls.ports
+    for _ in range(ports.capacity):
+        ports.allocate()
+    response, _ = await alice.call("*91*202#", body=alice.sdp)
+    assert (response.status, response.reason) == (480, "Forwarding unreachable to 202")
+
+
 async def test_caller_hanging_up_during_the_prompt_keeps_the_setting(
     lab: Lab, rtp_socket: socket.socket
 ) -> None:
