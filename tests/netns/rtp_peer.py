@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--ssrc", type=lambda s: int(s, 0), default=0x1234)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before sending")
     parser.add_argument("--linger", type=float, default=1.0, help="listen after the last send")
+    parser.add_argument(
+        "--expect", type=int, default=0, help="stop lingering once this many packets arrived"
+    )
     args = parser.parse_args()
     count = max(0, min(args.count, 100_000))
 
@@ -45,6 +48,8 @@ def main() -> None:
     while True:
         now = time.monotonic()
         if now >= end:
+            break
+        if args.expect and len(received) >= args.expect and sent >= count:
             break
         if args.to is not None and sent < count and now >= start + sent * args.interval:
             header = struct.pack("!BBHII", 0x80, 0, sent & 0xFFFF, sent * 160, args.ssrc)

@@ -63,12 +63,12 @@ def test_two_way_rtp_through_the_relay_behind_nat(nat: NatTopology, relay_host: 
     phone = RtpPeer(
         nat, nat.lan, "--bind", f"{nat.phone}:{PHONE_PORT}",
         "--to", f"{nat.server_local}:{phone_side}", "--count", str(PACKETS), "--ssrc", "0xA",
-        "--linger", "1.5",
+        "--linger", "6", "--expect", str(PACKETS),
     )
     wan = RtpPeer(
         nat, nat.wan, "--bind", f"{nat.wan_peer}:{WAN_PORT}",
         "--to", f"{nat.server_external}:{wan_side}", "--count", str(PACKETS), "--ssrc", "0xB",
-        "--delay", "0.5", "--linger", "1.0",
+        "--delay", "0.5", "--linger", "6", "--expect", str(PACKETS),
     )
     heard_by_phone, heard_by_wan = phone.result(), wan.result()
     # Real UDP on a shared machine: allow a packet or two lost, never a stranger's.
@@ -99,12 +99,12 @@ def test_third_address_is_dropped(nat: NatTopology, relay_host: RelayHost) -> No
     phone = RtpPeer(
         nat, nat.lan, "--bind", f"{nat.phone}:{PHONE_PORT}",
         "--to", f"{nat.server_local}:{phone_side}", "--count", str(PACKETS), "--ssrc", "0xA",
-        "--linger", "1.5",
+        "--linger", "6", "--expect", str(PACKETS),
     )
     wan = RtpPeer(
         nat, nat.wan, "--bind", f"{nat.wan_peer}:{WAN_PORT}",
         "--to", f"{nat.server_external}:{wan_side}", "--count", str(PACKETS), "--ssrc", "0xB",
-        "--delay", "0.5", "--linger", "1.0",
+        "--delay", "0.5", "--linger", "6", "--expect", str(PACKETS),
     )
     # ... and keeps at it on both of the call's ports once the call is running.
     late = RtpPeer(
