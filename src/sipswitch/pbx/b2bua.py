@@ -35,6 +35,7 @@ from ..sip.dialog import Dialog, new_call_id
 from ..sip.errors import SipError
 from ..sip.headers import parse_name_addr, quote
 from ..sip.message import Headers, Request, Response
+from ..sip.probe import new_request
 from ..sip.transaction import ClientTransaction, ServerTransaction, new_branch, new_tag
 from ..sip.transport.base import Address
 from ..sip.uri import SipUri, format_host, parse_uri
@@ -1607,26 +1608,25 @@ class CallManager:
         ).encode()
         for binding in self.location.lookup(number):
             destination = Address(binding.transport, binding.source_host, binding.source_port)
-            target = parse_uri(binding.contact_uri)
             host, port = core.local_address(destination)
-            headers = Headers()
-            headers.add(
-                "Via",
-                f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
-                f";branch={new_branch()};rport",
+            ours = f"<sip:{number}@{format_host(host)}>"
+            notify = new_request(
+                "NOTIFY",
+                binding.contact_uri,
+                destination,
+                (host, port),
+                f"{ours};tag={new_tag()}",
+                ours,
+                new_call_id(host),
+                1,
+                core.settings.sip.user_agent,
             )
-            headers.add("Max-Forwards", "70")
-            headers.add("From", f"<sip:{number}@{format_host(host)}>;tag={new_tag()}")
-            headers.add("To", f"<sip:{number}@{format_host(host)}>")
-            headers.add("Call-ID", new_call_id(host))
-            headers.add("CSeq", "1 NOTIFY")
-            headers.add("Contact", f"<{core.contact_uri(number, destination)}>")
-            headers.add("Event", "message-summary")
-            headers.add("Subscription-State", "active")
-            headers.add("Content-Type", "application/simple-message-summary")
-            core.transactions.send_request(
-                Request("NOTIFY", target, headers, body), destination, _IGNORE
-            )
+            notify.headers.add("Contact", f"<{core.contact_uri(number, destination)}>")
+            notify.headers.add("Event", "message-summary")
+            notify.headers.add("Subscription-State", "active")
+            notify.headers.add("Content-Type", "application/simple-message-summary")
+            notify.body = body
+            core.transactions.send_request(notify, destination, _IGNORE)
 
     def next_hunt_position(self, group: str) -> int:
         return self._hunt_positions.get(group, 0)

@@ -21,12 +21,13 @@ from ..config.settings import NatSettings
 from ..sip.clock import Clock, TimerHandle
 from ..sip.dialog import new_call_id
 from ..sip.errors import SipError
-from ..sip.message import Headers, Request, Response
-from ..sip.transaction import ClientTransaction, TransactionLayer, new_branch, new_tag
+from ..sip.message import Request
+from ..sip.probe import Probe, new_request
+from ..sip.transaction import TransactionLayer, new_tag
 from ..sip.transport.base import RELIABLE, Address
 from ..sip.transport.manager import TransportManager
 from ..sip.transport.tcp import PING
-from ..sip.uri import format_host, parse_sip_uri, parse_uri
+from ..sip.uri import format_host, parse_sip_uri
 from ..store import Binding
 from .location import LocationService
 
@@ -113,49 +114,10 @@ class _Peer:
     due: float  # when the next ping goes out
     failures: int = 0  # pings in a row without an answer
     unreachable: bool = False
-    probe: _Probe | None = None
+    probe: Probe | None = None
 
     def describe(self) -> str:
         return f"{self.binding.aor} ({self.binding.contact_uri} at {self.destination})"
-
-
-class _Probe:
-    """One OPTIONS; only its first outcome counts. A ``ClientListener``."""
-
-    __slots__ = ("service", "peer", "over", "timer", "txn")
-
-    def __init__(self, service: NatKeepalive, peer: _Peer) -> None:
-        self.service = service
-        self.peer = peer
-        self.over = False
-        self.timer: TimerHandle | None = None
-        self.txn: ClientTransaction | None = None
-
-    def end(self, answered: bool, detail: str, report: bool = True) -> None:
-        if self.over:
-            return
-        self.over = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        # Stop retransmitting (and leave the tables): the answer would no longer count.
-        if self.txn is not None and not self.txn.terminated:
-            self.txn.terminate()
-        self.txn = None
-        if self.peer.probe is self:
-            self.peer.probe = None
-        if report:
-            self.service._outcome(self.peer, answered, detail)
-
-    def on_response(self, response: Response, txn: ClientTransaction) -> None:
-        # Any answer shows the mapping is open and the phone alive: 404, 405 or 481 too.
-        self.end(True, f"{response.status} {response.reason}".strip())
-
-    def on_timeout(self, txn: ClientTransaction) -> None:
-        self.end(False, "no answer")
-
-    def on_transport_error(self, txn: ClientTransaction) -> None:
-        self.end(False, "cannot be sent")
 
 
 class NatKeepalive:
@@ -328,7 +290,8 @@ class NatKeepalive:
         if destination.reliable:
             self._ping_connection(peer)
             return
-        probe = _Probe(self, peer)
+        # Any answer shows the mapping is open and the phone alive: 404, 405 or 481 too.
+        probe = Probe(lambda done, alive, detail: self._probe_ended(peer, done, alive, detail))
         peer.probe = probe
         try:
             request = self._options(peer)
@@ -336,10 +299,12 @@ class NatKeepalive:
             probe.end(False, str(exc))
             return
         self.options_sent += 1
-        probe.timer = self.clock.call_later(self.wait, probe.end, False, "no answer")
-        txn = self.transactions.send_request(request, destination, probe)
-        if not probe.over:
-            probe.txn = txn
+        probe.send(self.transactions.send_request, request, destination, self.clock, self.wait)
+
+    def _probe_ended(self, peer: _Peer, probe: Probe, answered: bool, detail: str) -> None:
+        if peer.probe is probe:
+            peer.probe = None
+        self._outcome(peer, answered, detail)
 
     def _ping_connection(self, peer: _Peer) -> None:
         """RFC 5626 double-CRLF on the phone's own connection. The transport answers pongs but
@@ -356,21 +321,18 @@ class NatKeepalive:
 
     def _options(self, peer: _Peer) -> Request:
         binding, destination = peer.binding, peer.destination
-        target = parse_uri(binding.contact_uri)
         host, port = self.local_address(destination)
-        local = format_host(host)
-        headers = Headers()
-        headers.add(
-            "Via",
-            f"SIP/2.0/{destination.transport.upper()} {local}:{port};branch={new_branch()};rport",
+        return new_request(
+            "OPTIONS",
+            binding.contact_uri,
+            destination,
+            (host, port),
+            f"<sip:keepalive@{format_host(host)}>;tag={new_tag()}",
+            f"<{binding.contact_uri}>",
+            new_call_id(host),
+            1,
+            self.user_agent,
         )
-        headers.add("Max-Forwards", "70")
-        headers.add("From", f"<sip:keepalive@{local}>;tag={new_tag()}")
-        headers.add("To", f"<{binding.contact_uri}>")
-        headers.add("Call-ID", new_call_id(host))
-        headers.add("CSeq", "1 OPTIONS")
-        headers.add("User-Agent", self.user_agent)
-        return Request("OPTIONS", target, headers)
 
     def _outcome(self, peer: _Peer, answered: bool, detail: str) -> None:
         key = (peer.binding.aor, peer.binding.contact_uri)

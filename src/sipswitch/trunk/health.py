@@ -12,11 +12,12 @@ from collections.abc import Callable
 from ..sip.clock import Clock, TimerHandle
 from ..sip.dialog import new_call_id
 from ..sip.errors import SipError
-from ..sip.message import Request, Response
-from ..sip.transaction import ClientTransaction, new_tag
+from ..sip.message import Request
+from ..sip.probe import Probe, new_request
+from ..sip.transaction import new_tag
 from ..sip.transport.base import Address
 from ..sip.uri import format_host
-from .registration import Sender, new_request
+from .registration import Sender
 
 log = logging.getLogger("sipswitch.trunks")
 
@@ -27,44 +28,6 @@ class Health(enum.Enum):
     UNKNOWN = "unknown"  # no check has ended yet
     UP = "up"
     DOWN = "down"
-
-
-class _Probe:
-    """One OPTIONS; only its first outcome counts, and only while it is the latest one."""
-
-    def __init__(self, monitor: HealthMonitor) -> None:
-        self.monitor = monitor
-        self.over = False
-        self.timer: TimerHandle | None = None
-        self.txn: ClientTransaction | None = None
-
-    def end(self, answered: bool, detail: str) -> None:
-        if self.over:
-            return
-        self.over = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.forget()
-        self.monitor._probe_ended(self, answered, detail)
-
-    def forget(self) -> None:
-        """Stop retransmitting a check that is over (its answer would no longer count)."""
-        if self.txn is not None and not self.txn.terminated:
-            self.txn.terminate()
-        self.txn = None
-
-    def on_response(self, response: Response, txn: ClientTransaction) -> None:
-        if response.status < 200:
-            return
-        # Any answer but 503 shows a working SIP server (404 or 405 to OPTIONS included).
-        self.end(response.status != 503, f"{response.status} {response.reason}".strip())
-
-    def on_timeout(self, txn: ClientTransaction) -> None:
-        self.end(False, "no answer")
-
-    def on_transport_error(self, txn: ClientTransaction) -> None:
-        self.end(False, "cannot be reached")
 
 
 class HealthMonitor:
@@ -100,7 +63,7 @@ class HealthMonitor:
         self.missed = 0  # checks in a row without an answer
         self.last_answer: float | None = None
         self.checks = 0
-        self._probe: _Probe | None = None
+        self._probe: Probe | None = None
         self._timer: TimerHandle | None = None
         self._call_id = new_call_id(destination.host)
         self._tag = new_tag()
@@ -118,10 +81,7 @@ class HealthMonitor:
             self._timer = None
         probe, self._probe = self._probe, None
         if probe is not None:
-            probe.over = True
-            if probe.timer is not None:
-                probe.timer.cancel()
-            probe.forget()
+            probe.end(False, "stopped", report=False)
 
     def _check(self) -> None:
         self._timer = None
@@ -130,17 +90,15 @@ class HealthMonitor:
         self._timer = self.clock.call_later(self.interval, self._check)
         if self._probe is not None:
             self._probe.end(False, "no answer")  # the previous check's answer is overdue
-        probe = self._probe = _Probe(self)
+        # Any answer but 503 shows a working SIP server (404 or 405 to OPTIONS included).
+        probe = self._probe = Probe(self._probe_ended, lambda response: response.status != 503)
         self.checks += 1
         try:
             request = self._request()
         except (SipError, LookupError) as exc:
             probe.end(False, str(exc))
             return
-        probe.timer = self.clock.call_later(self.wait, probe.end, False, "no answer")
-        txn = self.sender.send_request(request, self.destination, probe)
-        if not probe.over:
-            probe.txn = txn
+        probe.send(self.sender.send_request, request, self.destination, self.clock, self.wait)
 
     def _request(self) -> Request:
         destination = self.destination
@@ -162,7 +120,7 @@ class HealthMonitor:
         request.headers.add("Accept", "application/sdp")
         return request
 
-    def _probe_ended(self, probe: _Probe, answered: bool, detail: str) -> None:
+    def _probe_ended(self, probe: Probe, answered: bool, detail: str) -> None:
         if probe is not self._probe or not self._running:
             return
         before = self.health

@@ -16,8 +16,9 @@ from ..sip.clock import Clock, TimerHandle
 from ..sip.dialog import new_call_id
 from ..sip.errors import SipError
 from ..sip.headers import parse_name_addr
-from ..sip.message import Headers, Request, Response
-from ..sip.transaction import ClientListener, ClientTransaction, new_branch, new_tag
+from ..sip.message import Request, Response
+from ..sip.probe import new_request
+from ..sip.transaction import ClientListener, ClientTransaction, new_tag
 from ..sip.transport.base import Address
 from ..sip.uri import SipUri, format_host, parse_uri
 
@@ -36,34 +37,6 @@ class Sender(Protocol):
     def send_request(
         self, request: Request, destination: Address, listener: ClientListener
     ) -> ClientTransaction: ...
-
-
-def new_request(
-    method: str,
-    uri: str,
-    destination: Address,
-    local: tuple[str, int],
-    from_: str,
-    to: str,
-    call_id: str,
-    cseq: int,
-    user_agent: str,
-) -> Request:
-    """A request outside any dialog toward ``destination``, sent from ``local``."""
-    host, port = local
-    headers = Headers()
-    headers.add(
-        "Via",
-        f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
-        f";branch={new_branch()};rport",
-    )
-    headers.add("Max-Forwards", "70")
-    headers.add("From", from_)
-    headers.add("To", to)
-    headers.add("Call-ID", call_id)
-    headers.add("CSeq", f"{cseq} {method}")
-    headers.add("User-Agent", user_agent)
-    return Request(method, parse_uri(uri), headers)
 
 
 class RegistrationState(enum.Enum):
