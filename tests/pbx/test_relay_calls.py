@@ -9,11 +9,14 @@ import asyncio
 import socket
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from sipswitch.media.relay_backend import RelayBackend
 from sipswitch.media.rtpengine import RtpEngineDaemon
 from sipswitch.sdp.model import parse as parse_sdp
+from sipswitch.sip.dialog import Dialog
 from sipswitch.sip.message import Request
 from sipswitch.sip.transport.base import Address
 from sipswitch.sip.transport.loop import LoopTransport
@@ -127,10 +130,29 @@ async def exchange(
     assert source[1] == a_target[1]
 
 
-async def test_forward_media_relays_both_ways_and_frees_the_ports(
-    lab: Lab, sockets: list[RtpSocket]
-) -> None:
-    server = await lab.start_server()
+@dataclass
+class RelayedCall:
+    """200 calls 201 (which has forward_media on); each side's RTP socket and what it was told."""
+
+    alice: Phone
+    dialog: Dialog
+    a_rtp: RtpSocket
+    b_rtp: RtpSocket
+    toward_alice: tuple[str, int]
+    toward_bob: tuple[str, int]
+
+    async def hang_up(self, relay: RelayBackend | None) -> None:
+        """BYE from the caller; the relay forgets the call."""
+        assert (await self.alice.send_in_dialog(self.dialog, "BYE")).status == 200
+        assert relay is not None
+        for _ in range(50):
+            if self.dialog.call_id not in relay:
+                break
+            await asyncio.sleep(0.05)
+        assert self.dialog.call_id not in relay
+
+
+async def relayed_call(lab: Lab, sockets: list[RtpSocket]) -> RelayedCall:
     await set_extension(lab, "201", forward_media=True)
     alice = await registered(lab.phone("200"))
     bob = await registered(lab.phone("201"))
@@ -139,21 +161,24 @@ async def test_forward_media_relays_both_ways_and_frees_the_ports(
     response, dialog = await alice.call("201", sdp("127.0.0.1", a_rtp.port))
     assert response.status == 200 and dialog is not None
     incoming = await asyncio.wait_for(bob.incoming.get(), 2)
+    toward_bob, toward_alice = media_of(incoming.request.body), media_of(response.body)
+    return RelayedCall(alice, dialog, a_rtp, b_rtp, toward_alice, toward_bob)
+
+
+async def test_forward_media_relays_both_ways_and_frees_the_ports(
+    lab: Lab, sockets: list[RtpSocket]
+) -> None:
+    server = await lab.start_server()
+    call = await relayed_call(lab, sockets)
+    a_rtp, b_rtp = call.a_rtp, call.b_rtp
+    toward_alice, toward_bob = call.toward_alice, call.toward_bob
     # Each phone is told the relay's address and ports, never the other phone's.
-    toward_bob = media_of(incoming.request.body)
-    toward_alice = media_of(response.body)
     assert toward_bob[0] == toward_alice[0] == "127.0.0.1"
     assert toward_bob[1] not in (a_rtp.port, b_rtp.port)
     assert toward_alice[1] not in (a_rtp.port, b_rtp.port, toward_bob[1])
-    relay = server.relay
-    assert relay is not None and dialog.call_id in relay
+    assert server.relay is not None and call.dialog.call_id in server.relay
     await exchange(a_rtp, toward_alice, b_rtp, toward_bob)
-    assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
-    for _ in range(50):
-        if dialog.call_id not in relay:
-            break
-        await asyncio.sleep(0.05)
-    assert dialog.call_id not in relay
+    await call.hang_up(server.relay)
     # The relay's port is closed: nothing reaches bob any more.
     a_rtp.send(rtp(2), toward_alice)
     assert await b_rtp.silent()
@@ -294,25 +319,11 @@ async def test_rtpengine_relays_a_call(lab: Lab, sockets: list[RtpSocket]) -> No
         host, port = daemon.ng_address
         lab.extra_config = f'[relay]\nengine = "rtpengine"\nrtpengine = "{host}:{port}"\n'
         server = await lab.start_server()
-        await set_extension(lab, "201", forward_media=True)
-        alice = await registered(lab.phone("200"))
-        bob = await registered(lab.phone("201"))
-        a_rtp, b_rtp = rtp_socket(sockets), rtp_socket(sockets)
-        bob.sdp = sdp("127.0.0.1", b_rtp.port)
-        response, dialog = await alice.call("201", sdp("127.0.0.1", a_rtp.port))
-        assert response.status == 200 and dialog is not None
-        incoming = await asyncio.wait_for(bob.incoming.get(), 2)
-        toward_bob, toward_alice = media_of(incoming.request.body), media_of(response.body)
-        for _, relay_port in (toward_bob, toward_alice):
+        call = await relayed_call(lab, sockets)
+        for _, relay_port in (call.toward_bob, call.toward_alice):
             assert base <= relay_port <= base + 39  # rtpengine's ports
-        await exchange(a_rtp, toward_alice, b_rtp, toward_bob)
-        assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
-        assert server.relay is not None
-        for _ in range(50):
-            if dialog.call_id not in server.relay:
-                break
-            await asyncio.sleep(0.05)
-        assert dialog.call_id not in server.relay
+        await exchange(call.a_rtp, call.toward_alice, call.b_rtp, call.toward_bob)
+        await call.hang_up(server.relay)
         await lab.stop_server()
     finally:
         await daemon.stop()
