@@ -12,6 +12,7 @@ import pytest
 from sipswitch.app import IvrApplication
 from sipswitch.media.rtp import RtpPacket
 from sipswitch.sdp.model import parse as parse_sdp
+from sipswitch.sip.dialog import Dialog
 from tests.pbx.conftest import Lab
 from tests.pbx.phone import Phone
 
@@ -94,14 +95,7 @@ async def test_menu_callto_busy_then_next(lab: Lab, rtp_socket: socket.socket) -
         assert [b.sequence - a.sequence for a, b in zip(packets, packets[1:], strict=False)] == [
             1
         ] * 9
-        for digit in "201":
-            info = await alice.send_in_dialog(
-                dialog,
-                "INFO",
-                f"Signal={digit}\r\nDuration=160\r\n".encode(),
-                content_type="application/dtmf-relay",
-            )
-            assert info.status == 200
+        await _dial(alice, dialog, "201")
         # 201 is busy, so the flow calls 202, which answers: the caller is re-INVITEd with
         # 202's media and the two are joined.
         reinvite = await asyncio.wait_for(_next_method(alice, "INVITE"), 5)
@@ -116,6 +110,18 @@ async def test_menu_callto_busy_then_next(lab: Lab, rtp_socket: socket.socket) -
         assert (await asyncio.wait_for(_next_method(carol, "BYE"), 5)).method == "BYE"
     finally:
         ivr.stop()
+
+
+async def _dial(phone: Phone, dialog: Dialog, digits: str) -> None:
+    """Send ``digits`` as SIP INFO (application/dtmf-relay) in the call's dialog."""
+    for digit in digits:
+        info = await phone.send_in_dialog(
+            dialog,
+            "INFO",
+            f"Signal={digit}\r\nDuration=160\r\n".encode(),
+            content_type="application/dtmf-relay",
+        )
+        assert info.status == 200
 
 
 async def _next_method(phone: Phone, method: str) -> object:
@@ -179,14 +185,7 @@ async def test_joined_call_is_relayed_when_asked(lab: Lab, rtp_socket: socket.so
         alice.sdp = _sdp_for(rtp_socket.getsockname()[1])
         response, dialog = await alice.call("801", body=alice.sdp)
         assert response.status == 200 and dialog is not None
-        for digit in "201":
-            info = await alice.send_in_dialog(
-                dialog,
-                "INFO",
-                f"Signal={digit}\r\nDuration=160\r\n".encode(),
-                content_type="application/dtmf-relay",
-            )
-            assert info.status == 200
+        await _dial(alice, dialog, "201")
         reinvite = await asyncio.wait_for(_next_method(bob, "ACK"), 5)
         toward_bob = parse_sdp(reinvite.body)  # type: ignore[attr-defined]
         assert toward_bob.media[0].port not in (42000, rtp_socket.getsockname()[1])
