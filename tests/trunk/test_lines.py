@@ -232,3 +232,26 @@ async def test_outgoing_limit_counts_live_calls(net: Net) -> None:
     carrier.answer = 200
     response, _ = await alice.call("90611223366")
     assert response.status == 200
+
+
+async def test_forward_media_on_the_line_relays_its_calls(net: Net) -> None:
+    server, carrier = await _setup(net, "forward_media = true")
+    alice = await net.registered("200", server)
+    relay = server.relay
+    assert relay is not None
+    # Out through the line: the carrier is offered the relay, not the extension's media.
+    response, request = await alice.send_with_auth(alice.invite("90611223344"), proxy=True)
+    assert response.status == 200
+    _, second = carrier.requests("INVITE")
+    assert b"m=audio 40000 " in request.body and b"m=audio 40000 " not in second.body
+    assert b"m=audio 40000 " not in response.body  # nor the extension the carrier's
+    assert second.call_id != request.call_id and request.call_id in relay
+    dialog = Dialog.as_uac(request, response, SERVER)
+    alice.ack(dialog, response)
+    assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
+    # In from the line: the extension is offered the relay too.
+    response, _ = await carrier.call("5551000")
+    assert response.status == 200
+    ring = await asyncio.wait_for(alice.incoming.get(), 2)
+    assert b"m=audio 40000 " not in ring.request.body
+    assert b"m=audio 40000 " not in response.body
