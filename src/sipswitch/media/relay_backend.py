@@ -11,6 +11,7 @@ ports, and a side whose media address did not change keeps what the relay learnt
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ _PRIVATE = tuple(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def behind_nat(signalled_host: str | None, peer_host: str) -> bool:
     """Whether a leg whose SDP names ``signalled_host`` and whose signalling came from
     ``peer_host`` is behind NAT: its SDP address is private, or absent, and is not where its
