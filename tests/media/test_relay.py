@@ -427,6 +427,34 @@ async def test_inactivity_on_hold_and_unanswered_uses_the_hold_timeout(env: Env)
     a.close()
 
 
+async def test_call_on_hold_with_sendonly_is_not_taken_for_dead(env: Env) -> None:
+    """Phones holding a call with a=sendonly often send nothing (and the held side, recvonly,
+    must not): the hold timeout applies, not the one for dead media; resuming restores it."""
+    a = await UdpPeer.open()
+    silent: list[str] = []
+    env.relay.on_inactive = silent.append
+    try:
+        await env.relay.offer("hold", "a", phone_sdp(*a.address), peer_host="127.0.0.1",
+                              advertise=RELAY)  # fmt: skip
+        await env.relay.answer("hold", "b", phone_sdp("127.0.0.1", 4000),
+                               peer_host="127.0.0.1", advertise=RELAY)  # fmt: skip
+        await env.relay.offer("hold", "a", phone_sdp(*a.address, direction="sendonly"),
+                              peer_host="127.0.0.1", advertise=RELAY)  # fmt: skip
+        await env.relay.answer("hold", "b", phone_sdp("127.0.0.1", 4000, direction="recvonly"),
+                               peer_host="127.0.0.1", advertise=RELAY)  # fmt: skip
+        env.clock.advance(300)
+        assert silent == []
+        # Resumed: silence now means dead media again.
+        await env.relay.offer("hold", "a", phone_sdp(*a.address), peer_host="127.0.0.1",
+                              advertise=RELAY)  # fmt: skip
+        await env.relay.answer("hold", "b", phone_sdp("127.0.0.1", 4000),
+                               peer_host="127.0.0.1", advertise=RELAY)  # fmt: skip
+        env.clock.advance(40)
+        assert silent == ["hold"]
+    finally:
+        a.close()
+
+
 async def test_inactive_call_without_handler_is_deleted_and_ports_freed(env: Env) -> None:
     a, b = await UdpPeer.open(), await UdpPeer.open()
     try:

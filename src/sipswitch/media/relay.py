@@ -305,14 +305,15 @@ class _Call:
         return s.a_to_b.packets + s.a_to_b.rtcp_packets + s.b_to_a.packets + s.b_to_a.rtcp_packets
 
     def media_expected(self) -> bool:
-        """Whether some stream should carry media (answered, not rejected, not inactive)."""
+        """Whether some stream must carry media both ways (answered, and neither side holds
+        it: a call on hold, sendonly/recvonly or inactive, may rightly be silent for long)."""
         if not self.answered:
             return False
         for stream in self.streams:
             a, b = stream.sides
             if a.target is None or b.target is None:
                 continue
-            if a.target.active or b.target.active:
+            if a.target.two_way and b.target.two_way:
                 return True
         return False
 

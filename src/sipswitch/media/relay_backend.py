@@ -159,6 +159,11 @@ class MediaTarget:
     def active(self) -> bool:
         return self.port != 0 and self.host is not None and self.direction != "inactive"
 
+    @property
+    def two_way(self) -> bool:
+        """Active and not on hold: media is due both ways."""
+        return self.active and self.direction == "sendrecv"
+
 
 def _literal(address: str, where: str) -> str:
     try:

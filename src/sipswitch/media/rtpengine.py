@@ -489,7 +489,8 @@ class RtpEngineRelay:
         if not call.answered:
             call.answered = True
             call.last_activity = self.clock.now()
-        call.media_expected = any(t.active for t in media_targets(sdp))
+        # A stream on hold (sendonly, recvonly, inactive) may be silent: the hold timeout.
+        call.media_expected = any(t.two_way for t in media_targets(sdp))
         return self._sdp(reply)
 
     async def delete(self, call_id: str) -> None:
