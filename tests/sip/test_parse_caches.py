@@ -59,6 +59,10 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(50):
         assert parse_name_addr(f"<sip:{n}@example.com>;tag={n}").tag == str(n)
     assert len(headers_module._NAME_ADDR_CACHE) <= 8
+    headers_module._NAME_ADDR_CACHE.clear()
+    long_value = "<sip:" + "a" * 300 + "@example.com>;tag=long"
+    assert parse_name_addr(long_value).tag == "long"
+    assert headers_module._NAME_ADDR_CACHE == {}  # long values are never kept
 
 
 def test_a_stamped_via_keeps_a_view_equal_to_parsing_the_new_text() -> None:

@@ -166,10 +166,12 @@ class NameAddr:
         return self.uri
 
 
-# From, To and Contact values repeat on every message of a dialog: value -> parsed. Bounded
-# (the values are chosen by peers); callers get copies, so nobody can change a cached entry.
+# From, To and Contact values repeat on every message of a dialog: value -> parsed. Bounded in
+# entries and in the length of a value (the values are chosen by peers); callers get copies, so
+# nobody can change a cached entry.
 _NAME_ADDR_CACHE: dict[str, NameAddr] = {}
 _NAME_ADDR_CACHE_SIZE = 4096
+_NAME_ADDR_CACHED_LENGTH = 256
 
 
 def parse_name_addr(value: str) -> NameAddr:
@@ -177,6 +179,8 @@ def parse_name_addr(value: str) -> NameAddr:
     cached = _NAME_ADDR_CACHE.get(value)
     if cached is None:
         cached = _parse_name_addr(value)
+        if len(value) > _NAME_ADDR_CACHED_LENGTH:
+            return cached  # parsed just now for this caller alone: no copy needed
         if len(_NAME_ADDR_CACHE) >= _NAME_ADDR_CACHE_SIZE:
             _NAME_ADDR_CACHE.clear()
         _NAME_ADDR_CACHE[value] = cached
