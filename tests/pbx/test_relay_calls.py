@@ -327,3 +327,26 @@ async def test_rtpengine_relays_a_call(lab: Lab, sockets: list[RtpSocket]) -> No
         await lab.stop_server()
     finally:
         await daemon.stop()
+
+
+async def test_relay_without_ports_refuses_the_call_cleanly(lab: Lab) -> None:
+    # Two port pairs in all: the relay carries one call (two pairs a call), not a second.
+    lab.extra_config = "[media]\nrtp_port_min = 30000\nrtp_port_max = 30002\n"
+    server = await lab.start_server()
+    await set_extension(lab, "201", forward_media=True)
+    alice = await registered(lab.phone("200"))
+    bob = await registered(lab.phone("201"))
+    carol = await registered(lab.phone("202"))
+    first, dialog = await alice.call("201")
+    assert first.status == 200 and dialog is not None
+    await asyncio.wait_for(bob.incoming.get(), 2)
+    second, _ = await carol.call("201")
+    assert second.status == 503
+    assert "relay" in second.reason.lower()
+    assert bob.incoming.empty()  # never rung: the offer could not be relayed
+    assert server.calls is not None
+    limits = server.calls.limits
+    assert limits.active("202") == 0 and limits.active("201") == 1
+    assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
+    assert limits.active("200") == 0 and limits.active("201") == 0
+    assert not server.calls.relayed and not server.calls.calls
