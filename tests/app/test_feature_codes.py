@@ -174,3 +174,23 @@ async def test_caller_hanging_up_during_the_prompt_keeps_the_setting(
     assert server.directory is not None
     extension = server.directory.lookup("200")
     assert extension is not None and extension.forward_no_answer == "201"
+
+
+async def test_star_codes_count_against_the_callers_limits(
+    lab: Lab, rtp_socket: socket.socket
+) -> None:
+    server = await _server(lab)
+    alice = await _phone(lab, "200", rtp_socket)
+    await server.database.extensions.set("200", max_calls=0)  # no calls at all
+    assert server.directory is not None
+    await server.directory.load()
+    response, _ = await alice.call("*90*202#", body=alice.sdp)
+    assert response.status == 403 and "Max concurrent calls" in response.reason
+    assert await _forward_busy(server, "200") is None  # nothing was set
+    await server.database.extensions.set("200", max_calls=1)
+    await server.directory.load()
+    response, dialog = await alice.call("*90*202#", body=alice.sdp)
+    assert response.status == 200 and dialog is not None
+    assert server.calls is not None and server.calls.limits.active("200") == 1
+    await _listen_until_bye(alice, rtp_socket)
+    assert server.calls.limits.active("200") == 0

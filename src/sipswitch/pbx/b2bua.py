@@ -1551,6 +1551,10 @@ class CallManager:
             return False
         kind = _FEATURE_KINDS[match.group(1)]
         target = match.group(2) or None
+        refusal = self.limits.check_caller(caller)
+        if refusal is not None:  # a star code is a call too (0: no calls at all)
+            self.core.respond(txn, refusal.status, refusal.reason)
+            return True
         if self.store is None:
             self.core.respond(txn, 503, "Settings cannot be changed")
             return True
@@ -1564,6 +1568,7 @@ class CallManager:
             party = _party(caller, request.from_.display_text)
             # No "#" in the number the server answers as: it is not allowed in a Contact user.
             call = Call(self, txn, txn.source, party, CallParty(code.rstrip("#"), ""), caller)
+            self.limits.admit(call, caller, None)  # counted while the confirmation plays
             self.calls.add(call)
             hops = request.max_forwards
             confirm = ToApplication(FEATURE_CONFIRM, f"{kind}:{target or ''}")
