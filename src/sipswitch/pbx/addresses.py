@@ -9,6 +9,7 @@ never substituted: toward an IPv6 peer the IPv6 address the system routes from i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Literal
 
@@ -57,6 +58,8 @@ class AddressPlan:
     def advertised(self, peer_host: str, routed: str) -> str:
         """The address to name toward ``peer_host``; ``routed`` is the one the system would send
         from (used when nothing configured applies)."""
+        if not self.external_address and not self.local_address:
+            return routed  # nothing configured: the common case, asked several times a call
         version = _version(routed)
         if self.realm(peer_host) == "external":
             if self.external_address and self._external_version == version:
@@ -66,6 +69,7 @@ class AddressPlan:
         return routed
 
 
+@functools.lru_cache(maxsize=1024)
 def _version(host: str) -> int | None:
     try:
         return ipaddress.ip_address(host.strip("[]")).version
