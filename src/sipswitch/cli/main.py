@@ -38,6 +38,18 @@ class CommandError(Exception):
     """A command failed in a way the user can fix; printed without a traceback."""
 
 
+
+def _switch(parser: argparse.ArgumentParser, name: str, on: str, off: str | None = None) -> None:
+    """``--NAME`` / ``--no-NAME``, storing True / False in NAME (dashes as underscores) and
+    nothing when neither is given."""
+    group = parser.add_mutually_exclusive_group()
+    dest = name.replace("-", "_")
+    for flag, value, text in ((f"--{name}", True, on), (f"--no-{name}", False, off)):
+        group.add_argument(
+            flag, dest=dest, action="store_const", const=value, default=argparse.SUPPRESS,
+            help=text,
+        )  # fmt: skip
+
 def _optional_text(text: str) -> str | None:
     return None if text.lower() in ("none", "off", "-") else text
 
@@ -140,38 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS|none",
         help="ring this long before forwarding on no answer",
     )
-    mailbox = change.add_mutually_exclusive_group()
-    mailbox.add_argument(
-        "--voicemail",
-        dest="voicemail",
-        action="store_const",
-        const=True,
-        default=argparse.SUPPRESS,
-        help="send unanswered calls to the mailbox",
-    )
-    mailbox.add_argument(
-        "--no-voicemail",
-        dest="voicemail",
-        action="store_const",
-        const=False,
-        default=argparse.SUPPRESS,
-    )
-    media = change.add_mutually_exclusive_group()
-    media.add_argument(
-        "--forward-media",
-        dest="forward_media",
-        action="store_const",
-        const=True,
-        default=argparse.SUPPRESS,
-        help="relay this extension's calls' RTP through the server",
-    )
-    media.add_argument(
-        "--no-forward-media",
-        dest="forward_media",
-        action="store_const",
-        const=False,
-        default=argparse.SUPPRESS,
-        help="let media flow directly unless NAT or address realms need the relay",
+    _switch(change, "voicemail", "send unanswered calls to the mailbox")
+    _switch(
+        change,
+        "forward-media",
+        "relay this extension's calls' RTP through the server",
+        "let media flow directly unless NAT or address realms need the relay",
     )
     change.add_argument(
         "--voicemail-pin",
