@@ -119,6 +119,25 @@ def _call(
     )
 
 
+def _line_calls_out_and_in(
+    office: Node, carrier: Node, sipp_uas: UasFactory, tmp_path: Path
+) -> None:
+    """Through the office's line 5551000 at the carrier: 200 dials 9300 (the carrier challenges
+    the INVITE, the office answers as 5551000), then 300 at the carrier calls 5551000 (the DID
+    reaches 200 with the caller's name)."""
+    callee = sipp_uas(carrier, "300", "uas_answer", calls=1)
+    out = _call(office, "200", "9300", tmp_path)
+    assert out.ok, out.describe()
+    invite = _received_invite(callee)
+    assert "<sip:5551000@" in invite.split("From:", 1)[1].split("\n", 1)[0], invite
+
+    office_phone = sipp_uas(office, "200", "uas_answer", calls=1)
+    into = _call(carrier, "300", "5551000", tmp_path)
+    assert into.ok, into.describe()
+    invite = _received_invite(office_phone)
+    assert 'From: "User 300" <sip:300@' in invite, invite
+
+
 def _received_invite(uas: Sipp) -> str:
     """The first INVITE a SIPp callee received, from its message trace."""
     uas.wait(timeout_s=30)
@@ -217,19 +236,7 @@ def test_external_line_to_a_carrier(
     assert listing.returncode == 0, listing
     assert "registered" in listing.stdout and "expires in" in listing.stdout, listing.stdout
 
-    # Out: 200 dials 9300; the carrier challenges the INVITE, the office answers as 5551000.
-    callee = sipp_uas(carrier, "300", "uas_answer", calls=1)
-    out = _call(office, "200", "9300", tmp_path)
-    assert out.ok, out.describe()
-    invite = _received_invite(callee)
-    assert "<sip:5551000@" in invite.split("From:", 1)[1].split("\n", 1)[0], invite
-
-    # In: 300 at the carrier calls the office's number; the DID reaches 200.
-    office_phone = sipp_uas(office, "200", "uas_answer", calls=1)
-    into = _call(carrier, "300", "5551000", tmp_path)
-    assert into.ok, into.describe()
-    invite = _received_invite(office_phone)
-    assert 'From: "User 300" <sip:300@' in invite, invite
+    _line_calls_out_and_in(office, carrier, sipp_uas, tmp_path)
 
     # Stopping the office unregisters the line: the carrier has nowhere to send 5551000.
     office.stop()

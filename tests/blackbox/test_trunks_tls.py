@@ -19,7 +19,16 @@ from .conftest import UasFactory
 from .harness import server_missing
 from .ports import free_port
 from .sipp import run_sipp
-from .test_trunks import Node, NodeFactory, _call, _received_invite, _rule, _status, _wait_for
+from .test_trunks import (
+    Node,
+    NodeFactory,
+    _call,
+    _line_calls_out_and_in,
+    _received_invite,
+    _rule,
+    _status,
+    _wait_for,
+)
 from .test_trunks import node as node  # the fixture
 
 pytestmark = [
@@ -201,14 +210,4 @@ def test_a_line_over_tls_takes_calls_back_on_its_own_connection(
         server.start()
     _wait_for(office, "carrier", "registration", "registered")
 
-    callee = sipp_uas(carrier, "300", "uas_answer", calls=1)
-    out = _call(office, "200", "9300", tmp_path)
-    assert out.ok, out.describe()
-    invite = _received_invite(callee)
-    assert "<sip:5551000@" in invite.split("From:", 1)[1].split("\n", 1)[0], invite
-
-    office_phone = sipp_uas(office, "200", "uas_answer", calls=1)
-    into = _call(carrier, "300", "5551000", tmp_path)
-    assert into.ok, into.describe()
-    invite = _received_invite(office_phone)
-    assert 'From: "User 300" <sip:300@' in invite, invite
+    _line_calls_out_and_in(office, carrier, sipp_uas, tmp_path)
