@@ -5,12 +5,15 @@ and real UDP on loopback for the media."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 
 from sipswitch.app import IvrApplication
 from sipswitch.media.rtp import RtpPacket
+from sipswitch.pbx.server import SipServer
 from sipswitch.sdp.model import parse as parse_sdp
 from sipswitch.sip.dialog import Dialog
 from tests.pbx.conftest import Lab
@@ -54,6 +57,22 @@ async def _registered(lab: Lab, number: str) -> Phone:
     return phone
 
 
+@contextlib.asynccontextmanager
+async def _ivr_server(lab: Lab, name: str, script: str) -> AsyncIterator[SipServer]:
+    """The lab's server running the IVR with ``script`` saved as ``name`` (settings loaded
+    once first, to build the application with them)."""
+    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
+    (lab.tmp_path / "data" / "xml" / name).write_text(script)
+    await lab.start_server(applications={})
+    await lab.stop_server()
+    ivr = IvrApplication(lab.settings)
+    ivr.start()
+    try:
+        yield await lab.start_server(applications={"ivr": ivr})
+    finally:
+        ivr.stop()
+
+
 @pytest.fixture
 def rtp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -66,15 +85,7 @@ def rtp_socket() -> socket.socket:
 async def test_menu_callto_busy_then_next(lab: Lab, rtp_socket: socket.socket) -> None:
     lab.extra_config = '[ivr.numbers]\n"801" = "menu.xml"\n'
     lab.ring_timeout = 5
-    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
-    (lab.tmp_path / "data" / "xml" / "menu.xml").write_text(SCRIPT)
-    # Load the settings once to build the application with them.
-    await lab.start_server(applications={})
-    await lab.stop_server()
-    ivr = IvrApplication(lab.settings)
-    ivr.start()
-    try:
-        await lab.start_server(applications={"ivr": ivr})
+    async with _ivr_server(lab, "menu.xml", SCRIPT):
         alice = await _registered(lab, "200")
         bob = await _registered(lab, "201")
         carol = await _registered(lab, "202")
@@ -108,8 +119,6 @@ async def test_menu_callto_busy_then_next(lab: Lab, rtp_socket: socket.socket) -
         bye = await alice.send_in_dialog(dialog, "BYE")
         assert bye.status == 200
         assert (await asyncio.wait_for(_next_method(carol, "BYE"), 5)).method == "BYE"
-    finally:
-        ivr.stop()
 
 
 async def _dial(phone: Phone, dialog: Dialog, digits: str) -> None:
@@ -144,14 +153,7 @@ async def test_callto_before_answering_passes_the_callers_offer_on(lab: Lab) -> 
     """A script whose first action is callto: nothing was answered yet, so the call is put
     through as a plain B2BUA call (the caller's offer to the callee, its answer back)."""
     lab.extra_config = '[ivr.numbers]\n"802" = "direct.xml"\n'
-    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
-    (lab.tmp_path / "data" / "xml" / "direct.xml").write_text(DIRECT)
-    await lab.start_server(applications={})
-    await lab.stop_server()
-    ivr = IvrApplication(lab.settings)
-    ivr.start()
-    try:
-        await lab.start_server(applications={"ivr": ivr})
+    async with _ivr_server(lab, "direct.xml", DIRECT):
         alice = await _registered(lab, "200")
         bob = await _registered(lab, "201")
         response, dialog = await alice.call("802")
@@ -163,22 +165,13 @@ async def test_callto_before_answering_passes_the_callers_offer_on(lab: Lab) -> 
         assert ack is not None
         assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
         assert (await asyncio.wait_for(_next_method(bob, "BYE"), 5)).method == "BYE"
-    finally:
-        ivr.stop()
 
 
 async def test_joined_call_is_relayed_when_asked(lab: Lab, rtp_socket: socket.socket) -> None:
     """With ``[relay] always`` the join of caller and callee goes through the relay: each side
     gets the relay's address and ports, never the other phone's."""
     lab.extra_config = '[relay]\nalways = true\n[ivr.numbers]\n"801" = "menu.xml"\n'
-    (lab.tmp_path / "data" / "xml").mkdir(parents=True)
-    (lab.tmp_path / "data" / "xml" / "menu.xml").write_text(SCRIPT)
-    await lab.start_server(applications={})
-    await lab.stop_server()
-    ivr = IvrApplication(lab.settings)
-    ivr.start()
-    try:
-        server = await lab.start_server(applications={"ivr": ivr})
+    async with _ivr_server(lab, "menu.xml", SCRIPT) as server:
         alice = await _registered(lab, "200")
         bob = await _registered(lab, "201")
         bob.sdp = _sdp_for(42000)
@@ -194,5 +187,3 @@ async def test_joined_call_is_relayed_when_asked(lab: Lab, rtp_socket: socket.so
         assert toward_alice.media[0].port not in (42000, toward_bob.media[0].port)
         assert server.relay is not None and dialog.call_id in server.relay
         assert (await alice.send_in_dialog(dialog, "BYE")).status == 200
-    finally:
-        ivr.stop()
