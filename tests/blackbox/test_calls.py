@@ -180,3 +180,23 @@ def test_unanswered_call_times_out_with_408(
     # After ring_timeout the server cancelled the callee's leg.
     ringing = callee.wait(timeout_s=30)
     assert ringing.ok, ringing.describe()
+
+
+def test_call_to_a_tcp_phone_that_is_gone_fails_at_once(
+    sipswitch_server: ServerFactory, tmp_path: Path
+) -> None:
+    """201 registers over TCP and goes away (SIPp exits, its connection and port close): the
+    server cannot connect to it, so the caller hears 480 at once rather than after the ring
+    timeout or Timer B."""
+    server = sipswitch_server(ring_timeout=60.0)
+    registered = run_sipp(
+        "register", server.remote, tmp_path / "reg", transport="tcp",
+        users=[(CALLEE, server.users[CALLEE])], timeout_s=20, name="register-tcp",
+    )  # fmt: skip
+    assert registered.ok, registered.describe()
+    caller = _call(
+        server.remote, server.users, "uac_call_480", CALLEE, tmp_path / "call", "udp",
+        recv_timeout_ms=8000,  # far below the 60 s ring timeout and Timer B's 32 s
+    )  # fmt: skip
+    assert caller.ok, caller.describe()
+    assert "TCP connection to" in server.log_text() and "failed" in server.log_text()

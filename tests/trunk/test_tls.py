@@ -158,6 +158,8 @@ async def test_outgoing_to_an_address_needs_that_address_in_the_certificate(
     await deliver(client, by_ip, "127.0.0.1")
     # pbx.test's certificate does not carry 127.0.0.1: nothing is sent.
     client.transport.expect_domain(by_name.address, "127.0.0.1")
+    unreachable: list[Address] = []
+    client.transport.on_unreachable = unreachable.append
     with caplog.at_level(logging.WARNING):
         assert client.transport.send(request(via=TLS_VIA, call_id="no"), by_name.address)
         await wait_until(
@@ -169,6 +171,7 @@ async def test_outgoing_to_an_address_needs_that_address_in_the_certificate(
     assert client.transport.refusal(by_name.address) == (
         "the certificate names pbx.test, not 127.0.0.1"
     )
+    assert unreachable == [by_name.address]  # its requests fail now (503, the next trunk)
     # Told the right name, it connects, and the refusal is forgotten.
     await deliver(client, by_name, "pbx.test")
     assert client.transport.refusal(by_name.address) is None

@@ -160,6 +160,9 @@ class SipServer:
         self.transports.set_sink(security)
         if isinstance(self.transports, TransportManager):
             self.transports.tcp.admit = security.admit_connection
+            # A connection that cannot be set up fails its requests now (503 to the caller,
+            # the next trunk), not after Timer B's 32 s.
+            self.transports.set_unreachable_handler(core.transactions.peer_unreachable)
         await self.transports.start(
             settings.sip.listen, settings.sip.udp_port, settings.sip.tcp_port
         )

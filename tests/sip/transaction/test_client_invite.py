@@ -256,3 +256,21 @@ def test_reliable_peer_address_is_used_as_given() -> None:
     txn = start_invite(env)
     assert txn.destination == PEER_TCP
     assert env.net.sent[0][1] == PEER_TCP
+
+
+def test_peer_unreachable_ends_the_unanswered_transactions_toward_it() -> None:
+    """A connection that could not be set up after the request was queued (refused, timed
+    out, certificate refused): its unanswered transactions end with a transport error at once;
+    one that already has an answer, and those toward other peers, go on."""
+    env = make_env(reliable=True)
+    waiting = start_invite(env, branch="z9hG4bK-waiting")
+    answered = start_invite(env, branch="z9hG4bK-answered")
+    env.reply(env.inbox.requests("INVITE")[1], 180)
+    env.layer.peer_unreachable(Address("tcp", "127.0.0.77", 5060))  # another peer
+    env.clock.advance(0)
+    assert not waiting.terminated
+    env.layer.peer_unreachable(env.remote)
+    env.clock.advance(0)
+    assert waiting.terminated
+    assert not answered.terminated
+    assert [kind for kind, _, _ in env.listener.events].count("transport_error") == 1

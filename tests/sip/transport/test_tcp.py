@@ -278,14 +278,17 @@ async def test_send_to_a_fresh_address_opens_a_connection(
         await far.stop()
 
 
-async def test_failed_connection_is_forgotten(tcp: TcpTransport) -> None:
+async def test_failed_connection_is_forgotten_and_reported(tcp: TcpTransport) -> None:
     far = FarEnd()
     address = await far.start()
     await far.stop()  # nothing listens there any more
+    unreachable: list[Address] = []
+    tcp.on_unreachable = unreachable.append
     assert tcp.send(request(), address)
     assert tcp.connection_count == 1
     await wait_until(lambda: tcp.connection_count == 0)
     assert tcp.connection(address) is None
+    assert unreachable == [address]  # so its requests fail now, not when their timers run out
 
 
 async def test_connect_timeout_runs_on_the_clock(
@@ -313,9 +316,12 @@ async def test_connect_timeout_runs_on_the_clock(
             clock.advance(tcp.connect_timeout - 0.5)
             await asyncio.sleep(0)
             assert tcp.connection_count == 1
+            unreachable: list[Address] = []
+            tcp.on_unreachable = unreachable.append
             clock.advance(0.5)
             await wait_until(lambda: tcp.connection_count == 0)
             assert tcp.connection(address) is None
+            assert unreachable == [address]
         finally:
             for filler in fillers:
                 filler.close()

@@ -234,6 +234,12 @@ class ClientTransaction(Transaction):
     def cancel(self, reason: str | None = None) -> None:
         """Only INVITE transactions can be cancelled (RFC 3261 §9.1); this does nothing."""
 
+    def transport_failed(self) -> None:
+        """The transport could not deliver the request after all (a TCP/TLS connection that
+        failed to come up, a certificate refused): a transport error, unless an answer came."""
+        if self.last_response is None:
+            self._send_failed()
+
     def _send_request(self) -> bool:
         if not self._data:
             self._data = self.request.to_bytes()

@@ -126,6 +126,13 @@ class TransactionLayer(MessageSink):
     def transaction_count(self) -> int:
         return len(self._server) + len(self._client)
 
+    def peer_unreachable(self, destination: Address) -> None:
+        """The transport gave up on ``destination`` (its connection could not be set up): the
+        client transactions toward it that have no answer yet end with a transport error now,
+        not when their timers run out."""
+        for txn in [t for t in self._client.values() if t.destination == destination]:
+            txn.transport_failed()
+
     def find_client(self, branch: str, method: str) -> ClientTransaction | None:
         return self._client.get((branch, method))
 

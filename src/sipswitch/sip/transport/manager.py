@@ -10,6 +10,7 @@ import errno
 import logging
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import SupportsIndex, overload
 
 from ..clock import Clock, LoopClock
@@ -108,6 +109,13 @@ class TransportManager:
         if self.tls is not None:
             self.tls.sink = sink
 
+    def set_unreachable_handler(self, handler: Callable[[Address], None] | None) -> None:
+        """Who hears that a TCP or TLS connection we opened could not be set up (refused,
+        timed out, its certificate refused): the transaction layer's ``peer_unreachable``."""
+        self.tcp.on_unreachable = handler
+        if self.tls is not None:
+            self.tls.on_unreachable = handler
+
     async def start_tls(self, tls: TlsTransport, listen: list[str], port: int) -> None:
         """Listen for SIP over TLS with ``tls`` on every listen address (port 0: a free one,
         the same on every address)."""
@@ -115,6 +123,7 @@ class TransportManager:
             raise RuntimeError("TLS already started")
         tls.sink = self.sink
         self.tls = tls
+        tls.on_unreachable = self.tcp.on_unreachable
         try:
             for entry in listen or ["0.0.0.0"]:
                 host = canonical_host(entry.strip())

@@ -302,6 +302,8 @@ class TcpTransport:
         self.backlog = backlog
         self.max_connections_per_host = max_connections_per_host
         self.admit: Callable[[str], bool] | None = None
+        # Told the peer address when a connection we opened could not be set up.
+        self.on_unreachable: Callable[[Address], None] | None = None
         self.closed = False
         self.listening: list[Address] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -445,13 +447,25 @@ class TcpTransport:
             )
         except (Exception, asyncio.CancelledError) as exc:
             # Cancelled by the connect timer or by close(); either way nothing awaits this task.
-            if not connection.closing:
+            failed = not connection.closing
+            if failed:
                 log.info("TCP connection to %s failed: %s", peer, exc or "timed out")
             connection.abort()
+            if failed:
+                self.unreachable(peer)
         finally:
             if timer is not None:
                 timer.cancel()
             connection._connect_task = None
+
+    def unreachable(self, peer: Address) -> None:
+        """Report that no connection to ``peer`` could be set up (``on_unreachable``)."""
+        handler = self.on_unreachable
+        if handler is not None:
+            try:
+                handler(peer)
+            except Exception:
+                log.exception("unreachable handler failed for %s", peer)
 
     def _connect_options(self, connection: TcpConnection) -> dict[str, Any]:
         """Extra ``create_connection`` arguments for an outgoing connection (TLS adds its)."""

@@ -117,6 +117,8 @@ class TlsConnection(TcpConnection):
                 self._lost = asyncio.get_running_loop().create_future()
                 self.abort()
                 cast(asyncio.Transport, transport).abort()
+                if self.peer is not None:
+                    self.owner.unreachable(self.peer)
                 return
             self.owner._refused(self.peer, None)
         super().connection_made(transport)
