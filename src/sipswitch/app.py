@@ -345,6 +345,7 @@ async def serve(settings: Settings, settings_source: Callable[[], Settings] | No
             applications=applications,
             trunks=TrunkManager(settings),
             settings_source=settings_source,
+            trunks_factory=TrunkManager,
         )
     finally:
         ivr.stop()

@@ -122,8 +122,10 @@ class Net:
             settings,
             out=lambda _: None,
             transports=LoopTransports(self.network, address),  # type: ignore[arg-type]
-            trunks=TrunkManager(settings, retry_min=0.5, retry_max=2.0),
+            trunks=_trunks(settings),
             applications=applications(settings) if applications is not None else None,
+            settings_source=lambda: load_settings(path, folder / "data"),
+            trunks_factory=_trunks,
         )
         await server.start()
         for number in extensions:
@@ -175,6 +177,16 @@ class Net:
         for cleanup in self.cleanups:
             cleanup()
         self.cleanups.clear()
+
+
+def _trunks(settings: Settings) -> TrunkManager:
+    return TrunkManager(settings, retry_min=0.5, retry_max=2.0)
+
+
+def rewrite(server: SipServer, config: str) -> None:
+    """Replace the settings file of a ``Net.server`` (as that writes it) with ``config``."""
+    folder = server.settings.data_dir.parent
+    (folder / "sipswitch.toml").write_text(config + "\n[calls]\nring_timeout = 10.0\n")
 
 
 def _address_of(server: SipServer) -> Address:

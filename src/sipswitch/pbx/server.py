@@ -45,7 +45,7 @@ from .location import LocationService
 from .media_path import open_relay
 from .registrar import Registrar
 from .routing import Router, ToApplication
-from .security import SecurityGate
+from .security import AllowList, SecurityGate
 
 SHUTDOWN_GRACE = 3.0
 EXPIRY_SWEEP_INTERVAL = 30.0
@@ -76,9 +76,13 @@ class SipServer:
         applications: dict[str, Application] | None = None,
         trunks: Trunks | None = None,
         settings_source: Callable[[], Settings] | None = None,
+        trunks_factory: Callable[[Settings], Trunks] | None = None,
     ) -> None:
         self.settings = settings
         self.settings_source = settings_source  # reads the settings file again (SIGHUP)
+        # Builds the trunk service for new settings: with it, trunks reload without a restart.
+        self.trunks_factory = trunks_factory
+        self._trunk_reload: asyncio.Task[None] | None = None
         self.applications = applications or {}
         self.trunks = trunks
         self.out = out
@@ -227,11 +231,12 @@ class SipServer:
             log.exception("settings not reloaded, the previous ones stay in use")
             return False
         old = self.settings
+        reloadable = {*RELOADABLE, "trunks"} if self.trunks_factory is not None else set(RELOADABLE)
         for key in _changed_keys(
-            old.model_dump(exclude=set(RELOADABLE)), new.model_dump(exclude=set(RELOADABLE)), ""
+            old.model_dump(exclude=reloadable), new.model_dump(exclude=reloadable), ""
         ):
             log.warning("setting %s changed: it needs a restart to apply", key)
-        trunks = {trunk.name for trunk in old.trunks}
+        trunks = {trunk.name for trunk in (new if "trunks" in reloadable else old).trunks}
         for rule in new.dialplan:
             name = rule.target.removeprefix("trunk:")
             if rule.target.startswith("trunk:") and name not in trunks:
@@ -242,7 +247,10 @@ class SipServer:
                     name,
                 )
         self.calls.router.configure(new.groups, new.dialplan, new.lists)
-        self.settings = old.model_copy(update={key: getattr(new, key) for key in RELOADABLE})
+        if "trunks" in reloadable and new.trunks != old.trunks:
+            previous = self._trunk_reload
+            self._trunk_reload = asyncio.ensure_future(self._replace_trunks(new, previous))
+        self.settings = old.model_copy(update={key: getattr(new, key) for key in reloadable})
         log.info(
             "settings reloaded: %d groups, %d dial plan rules and the caller lists apply to new "
             "calls",
@@ -250,6 +258,33 @@ class SipServer:
             len(new.dialplan),
         )
         return True
+
+    async def _replace_trunks(
+        self, settings: Settings, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Swap the trunk service for one built from ``settings``: the old one stops (its lines
+        unregister), the new one resolves, is trusted by the security gate and starts (its
+        lines register). Calls in progress keep their trunk's settings."""
+        if previous is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await previous
+        assert self.trunks_factory is not None
+        core, calls, security = self.core, self.calls, self.security
+        if core is None or calls is None or security is None or not core.accepting_calls:
+            return
+        new = self.trunks_factory(settings)
+        try:
+            trusted = await new.resolve()
+            if self.trunks is not None:
+                await self.trunks.stop()
+            security.allow = AllowList([*self.settings.security.allow, *trusted])
+            self.trunks = new
+            calls.trunks = new
+            new.start(core, calls.limits)
+        except Exception:
+            log.exception("trunks not reloaded")
+            return
+        log.info("trunks reloaded: %d configured", len(settings.trunks))
 
     async def _watch_certificates(self) -> None:
         assert self.certificates is not None
@@ -279,6 +314,9 @@ class SipServer:
         if calls is not None:
             calls.hangup_all()
             await asyncio.sleep(0.2)  # let the BYEs and final responses leave
+        if self._trunk_reload is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._trunk_reload
         if self.trunks is not None and core is not None:
             await self.trunks.stop()
         for task in (self._sweeper, self._certificate_watch):
@@ -333,11 +371,17 @@ async def serve(
     applications: dict[str, Application] | None = None,
     trunks: Trunks | None = None,
     settings_source: Callable[[], Settings] | None = None,
+    trunks_factory: Callable[[Settings], Trunks] | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code. SIGHUP reloads the TLS
-    certificates and, with ``settings_source``, the settings."""
+    certificates and, with ``settings_source``, the settings (trunks too with
+    ``trunks_factory``)."""
     server = SipServer(
-        settings, applications=applications, trunks=trunks, settings_source=settings_source
+        settings,
+        applications=applications,
+        trunks=trunks,
+        settings_source=settings_source,
+        trunks_factory=trunks_factory,
     )
     try:
         await server.start()
