@@ -36,7 +36,7 @@ from ..sip.errors import SipError
 from ..sip.headers import parse_name_addr, quote
 from ..sip.message import Headers, Request, Response
 from ..sip.probe import new_request
-from ..sip.transaction import ClientTransaction, ServerTransaction, new_branch, new_tag
+from ..sip.transaction import ClientTransaction, ServerTransaction, new_tag, new_via
 from ..sip.transport.base import Address
 from ..sip.uri import SipUri, format_host, parse_uri
 from ..store import Binding, CdrRecord, Extension, ExtensionStore
@@ -647,11 +647,7 @@ class Call:
         original = self.inbound.txn.request
         host, port = core.local_address(destination)
         headers = Headers()
-        headers.add(
-            "Via",
-            f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
-            f";branch={new_branch()};rport",
-        )
+        headers.add("Via", new_via(destination.transport, host, port))
         headers.add("Max-Forwards", str(self.max_forwards))
         display = f"{quote(display_name)} " if display_name else ""
         headers.add("From", f"{display}<sip:{from_user}@{domain}>;tag={new_tag()}")
@@ -814,11 +810,7 @@ class Call:
         except (ValueError, LookupError):
             return False
         retry = Request("INVITE", sent.uri, sent.headers.copy(), sent.body)
-        retry.headers.set(
-            "Via",
-            f"SIP/2.0/{leg.destination.transport.upper()} {format_host(host)}:{port}"
-            f";branch={new_branch()};rport",
-        )
+        retry.headers.set("Via", new_via(leg.destination.transport, host, port))
         retry.headers.set("CSeq", f"{sent.cseq.number + 1} INVITE")
         retry.headers.set("Proxy-Authorization" if proxy else "Authorization", credentials)
         leg.authenticated = True

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .headers import NameAddr
 from .message import Headers, Request, Response
-from .transaction.base import new_branch
+from .transaction.base import new_via
 from .transport.base import Address
 from .uri import SipUri, Uri, format_host
 
@@ -84,11 +84,7 @@ class Dialog:
             cseq = self.local_cseq
         target: Uri = self.remote_target
         headers = Headers()
-        headers.add(
-            "Via",
-            f"SIP/2.0/{self.peer.transport.upper()} {format_host(via_host)}:{via_port}"
-            f";branch={new_branch()};rport",
-        )
+        headers.add("Via", new_via(self.peer.transport, via_host, via_port))
         headers.add("Max-Forwards", "70")
         headers.add("From", f"{self.local_uri};tag={self.local_tag}")
         headers.add("To", f"{self.remote_uri};tag={self.remote_tag}")

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from .clock import Clock, TimerHandle
 from .message import Headers, Request, Response
-from .transaction import ClientListener, ClientTransaction, new_branch
+from .transaction import ClientListener, ClientTransaction, new_via
 from .transport.base import Address
-from .uri import format_host, parse_uri
+from .uri import parse_uri
 
 
 def new_request(
@@ -32,11 +32,7 @@ def new_request(
     """A request outside any dialog toward ``destination``, sent from ``local``."""
     host, port = local
     headers = Headers()
-    headers.add(
-        "Via",
-        f"SIP/2.0/{destination.transport.upper()} {format_host(host)}:{port}"
-        f";branch={new_branch()};rport",
-    )
+    headers.add("Via", new_via(destination.transport, host, port))
     headers.add("Max-Forwards", "70")
     headers.add("From", from_)
     headers.add("To", to)

@@ -10,6 +10,7 @@ from .base import (
     Transaction,
     new_branch,
     new_tag,
+    new_via,
 )
 from .client_invite import ClientInviteTransaction, build_ack, build_cancel
 from .client_non_invite import ClientNonInviteTransaction
@@ -37,6 +38,7 @@ __all__ = [
     "build_ack",
     "build_cancel",
     "new_branch",
+    "new_via",
     "new_tag",
     "response_destination",
 ]

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from ..clock import Clock, TimerHandle
 from ..message import Request, Response
 from ..transport.base import Address
+from ..uri import format_host
 from .timers import TimerSettings
 
 logger = logging.getLogger("sipswitch.sip.transaction")
@@ -24,6 +25,12 @@ def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie and 80 random bits (unguessable, so a third
     party cannot forge responses to our transactions)."""
     return MAGIC_COOKIE + secrets.token_hex(10)
+
+
+def new_via(transport: str, host: str, port: int) -> str:
+    """The Via value of a request we originate: sent-by ``host:port`` over ``transport``, a
+    fresh branch, and ``rport`` so answers come back to the port we sent from."""
+    return f"SIP/2.0/{transport.upper()} {format_host(host)}:{port};branch={new_branch()};rport"
 
 
 class State(enum.Enum):
