@@ -61,6 +61,16 @@ def _selfsigned(node: Node, host: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _start_with_certificates(carrier: Node, office: Node) -> None:
+    """Self-signed certificates for the carrier's address and the office's "localhost", then
+    both servers with their extensions."""
+    _selfsigned(carrier, CARRIER_HOST)
+    _selfsigned(office, "localhost")
+    for server in (carrier, office):
+        server.add_extensions()
+        server.start()
+
+
 def test_calls_out_and_in_over_tls_trunks(
     node: NodeFactory, sipp_uas: UasFactory, tmp_path: Path
 ) -> None:
@@ -78,11 +88,7 @@ def test_calls_out_and_in_over_tls_trunks(
         + _tls_trunk("carrier", CARRIER_HOST, carrier_tls, DIDS + checks)
         + _rule("9", "trunk:carrier", "strip = 1")
     )
-    _selfsigned(carrier, CARRIER_HOST)
-    _selfsigned(office, "localhost")
-    for server in (carrier, office):
-        server.add_extensions()
-        server.start()
+    _start_with_certificates(carrier, office)
     # Each side's OPTIONS reach the other over TLS, the server certificate checked.
     _wait_for(office, "carrier", "health", "up")
     _wait_for(carrier, "office", "health", "up")
@@ -203,11 +209,7 @@ def test_a_line_over_tls_takes_calls_back_on_its_own_connection(
         )
         + _rule("9", "trunk:carrier", "strip = 1")
     )
-    _selfsigned(carrier, CARRIER_HOST)
-    _selfsigned(office, "localhost")
-    for server in (carrier, office):
-        server.add_extensions()
-        server.start()
+    _start_with_certificates(carrier, office)
     _wait_for(office, "carrier", "registration", "registered")
 
     _line_calls_out_and_in(office, carrier, sipp_uas, tmp_path)
