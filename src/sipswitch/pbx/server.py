@@ -236,18 +236,20 @@ class SipServer:
             old.model_dump(exclude=reloadable), new.model_dump(exclude=reloadable), ""
         ):
             log.warning("setting %s changed: it needs a restart to apply", key)
-        trunks = {trunk.name for trunk in (new if "trunks" in reloadable else old).trunks}
-        for rule in new.dialplan:
-            name = rule.target.removeprefix("trunk:")
-            if rule.target.startswith("trunk:") and name not in trunks:
-                log.warning(
-                    "dial plan prefix %r names trunk %s, which is not configured: such calls "
-                    "get 503",
-                    rule.prefix,
-                    name,
-                )
+        replace_trunks = "trunks" in reloadable and new.trunks != old.trunks
+        if not replace_trunks:  # (a new trunk service checks the dial plan as it resolves)
+            trunks = {trunk.name for trunk in old.trunks}
+            for rule in new.dialplan:
+                name = rule.target.removeprefix("trunk:")
+                if rule.target.startswith("trunk:") and name not in trunks:
+                    log.warning(
+                        "dial plan prefix %r names trunk %s, which is not configured: such "
+                        "calls get 503",
+                        rule.prefix,
+                        name,
+                    )
         self.calls.router.configure(new.groups, new.dialplan, new.lists)
-        if "trunks" in reloadable and new.trunks != old.trunks:
+        if replace_trunks:
             previous = self._trunk_reload
             self._trunk_reload = asyncio.ensure_future(self._replace_trunks(new, previous))
         self.settings = old.model_copy(update={key: getattr(new, key) for key in reloadable})
