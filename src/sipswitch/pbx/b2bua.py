@@ -700,12 +700,18 @@ class Call:
                 status, reason = 503, f"Trunk {name} is not configured"
             elif destination is None:
                 status, reason = 503, f"Trunk {name} is unavailable"
-            elif trunk.max_outgoing is not None and limits.active(profile) >= trunk.max_outgoing:
-                status, reason = 503, f"Trunk {name}: max outgoing calls reached"
+            elif (
+                refusal := limits.join_or_refuse(
+                    self, profile, trunk.max_outgoing, f"Trunk {name}: max outgoing calls reached"
+                )
+            ) is not None:
+                # Checked and counted in one step: other server processes share the limit.
+                status, reason = refusal.status, refusal.reason
             else:
                 try:
                     request = self._trunk_request(trunk, target.number, destination)
                 except (SipError, LookupError) as exc:
+                    limits.leave(self, profile)
                     status, reason = 503, f"Trunk {name} cannot be reached"
                     log.warning("call %s: trunk %s: %s", self.call_id, name, exc)
                     continue
@@ -1503,19 +1509,25 @@ class CallManager:
         caller = _trunk_caller(request)
         profile = trunk_profile(trunk.name, "in")
         limit = trunk.max_incoming
-        if limit is not None and self.limits.active(profile) >= limit:
+        call = Call(self, txn, source, caller, CallParty(number, ""), None, trunk)
+        # Checked and counted in one step: other server processes share the limit.
+        refusal = self.limits.join_or_refuse(
+            call, profile, limit, f"Max incoming calls reached ({limit})"
+        )
+        if refusal is not None:
             log.info(
-                "call refused %s: from trunk %s to %s: max incoming calls reached (%d)",
+                "call refused %s: from trunk %s to %s: %s",
                 request.call_id,
                 trunk.name,
                 number,
-                limit,
+                refusal.reason,
             )
-            self.core.respond(txn, 503, f"Max incoming calls reached ({limit})")
+            self.core.respond(txn, refusal.status, refusal.reason)
             return
         route = self.router.resolve_inbound(trunk, number, caller.number)
         destination = route.destination
         if isinstance(destination, Reject):
+            self.limits.release(call)
             log.info(
                 "call refused %s: from trunk %s, %s -> %s: %d %s",
                 request.call_id,
@@ -1527,8 +1539,6 @@ class CallManager:
             )
             self.core.respond(txn, destination.status, destination.reason)
             return
-        call = Call(self, txn, source, caller, CallParty(number, ""), None, trunk)
-        self.limits.join(call, profile)
         self.calls.add(call)
         log.info("call %s from trunk %s", request.call_id, trunk.name)
         call.start(destination, (70 if max_forwards is None else max_forwards) - 1)
