@@ -1,13 +1,17 @@
-"""Per-extension call limits: unit tests of the profiles and calls over the loop transport."""
+"""Per-extension call limits: unit tests of the profiles (counted in this process or in a shared
+table) and calls over the loop transport."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from sipswitch.pbx.limits import CallLimits
+from sipswitch.pbx.shared_counts import SharedCounts
 from sipswitch.store import Extension, InvalidExtension
 
 from .conftest import Lab
@@ -18,8 +22,19 @@ def ext(number: str, max_calls: int | None = None, max_out: int | None = None) -
     return Extension(number, "", "sipswitch", "", "", max_calls, max_out, True)
 
 
-def test_profiles_count_and_release_exactly_once() -> None:
-    limits = CallLimits()
+@pytest.fixture(params=["alone", "shared"])
+def limits(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CallLimits]:
+    """The limits of a server running alone, or of worker 1 of a count table shared with the
+    primary (``pbx.shared_counts``): the same answers either way."""
+    if request.param == "alone":
+        yield CallLimits()
+        return
+    path = tmp_path / "calls.counts"
+    with SharedCounts.create(path, 2), SharedCounts.attach(path, 1) as counts:
+        yield CallLimits(counts)
+
+
+def test_profiles_count_and_release_exactly_once(limits: CallLimits) -> None:
     a, b = ext("100", max_calls=1), ext("101", max_calls=2)
     assert limits.admit("call-1", a, b) is None
     assert limits.active("100") == 1 and limits.outgoing("100") == 1 and limits.active("101") == 1
@@ -35,20 +50,74 @@ def test_profiles_count_and_release_exactly_once() -> None:
     assert limits.live_calls == 0 and limits.active("101") == 0
 
 
-def test_zero_means_no_calls_at_all() -> None:
-    limits = CallLimits()
+def test_zero_means_no_calls_at_all(limits: CallLimits) -> None:
     none = ext("100", max_calls=0)
     assert limits.check_caller(none) is not None
     assert limits.check_callee(none) is not None
     assert limits.admit("c", none, ext("101")) is not None
-    assert limits.live_calls == 0
+    assert limits.live_calls == 0 and limits.active("101") == 0
 
 
-def test_a_call_to_oneself_counts_once() -> None:
-    limits = CallLimits()
+def test_a_call_to_oneself_counts_once(limits: CallLimits) -> None:
     me = ext("100", max_calls=1)
     assert limits.admit("c", me, me) is None
     assert limits.active("100") == 1
+    limits.release("c")
+    assert limits.active("100") == 0
+
+
+def test_outgoing_limit(limits: CallLimits) -> None:
+    a = ext("100", max_calls=3, max_out=1)
+    assert limits.admit("c1", a, None) is None
+    refusal = limits.admit("c2", a, None)
+    assert refusal is not None and refusal.reason == "Max outgoing calls reached (1)"
+    limits.join("c3", "100")  # a call to 100 counts for its calls, not its outgoing ones
+    assert limits.active("100") == 2 and limits.outgoing("100") == 1
+
+
+def test_join_and_leave(limits: CallLimits) -> None:
+    limits.join("c", "101")
+    limits.join("c", "101")  # once per call
+    limits.join("c", "102")
+    assert limits.active("101") == 1 and limits.active("102") == 1 and limits.live_calls == 1
+    limits.leave("c", "101")
+    limits.leave("c", "101")
+    limits.leave("other", "102")  # a call that never joined takes nothing away
+    assert limits.active("101") == 0 and limits.active("102") == 1
+    # The caller's own count stays until the call ends, even when its number is "left".
+    assert limits.admit("d", ext("100"), None) is None
+    limits.join("d", "100")
+    limits.leave("d", "100")
+    assert limits.active("100") == 1
+    limits.release("d")
+    limits.release("c")
+    assert limits.active("100") == limits.active("102") == limits.live_calls == 0
+
+
+def test_join_within(limits: CallLimits) -> None:
+    assert limits.join_within("c1", "trunk:t:in", 2)
+    assert limits.join_within("c2", "trunk:t:in", 2)
+    assert not limits.join_within("c3", "trunk:t:in", 2)
+    assert limits.active("trunk:t:in") == 2 and limits.live_calls == 2  # c3 holds nothing
+    assert not limits.join_within("c1", "trunk:t:in", 2)  # the check is the same as before
+    assert limits.join_within("c1", "trunk:t:in", None)  # and a member counts once
+    assert limits.active("trunk:t:in") == 2
+    assert not limits.join_within("c4", "trunk:t:out", 0)
+    refusal = limits.join_or_refuse("c4", "trunk:t:in", 2, "Max incoming calls reached (2)")
+    assert refusal is not None and refusal.status == 503 and "(2)" in refusal.reason
+    limits.release("c1")
+    assert limits.join_or_refuse("c4", "trunk:t:in", 2, "unused") is None
+    limits.release("c2")
+    limits.release("c4")
+    assert limits.active("trunk:t:in") == 0 and limits.live_calls == 0
+
+
+def test_admit_counts_a_profile_a_call_joined_once(limits: CallLimits) -> None:
+    limits.join("c", "101")
+    assert limits.admit("c", ext("100"), ext("101")) is None
+    assert limits.active("101") == 1 and limits.active("100") == 1
+    limits.release("c")
+    assert limits.active("101") == 0 and limits.active("100") == 0
 
 
 async def _registered(lab: Lab, number: str) -> Phone:

@@ -119,7 +119,7 @@ class SharedCounts:
         size = os.fstat(fd).st_size
         if size < _HEADER_SIZE:
             raise CountsFileError(f"{path}: not a call count table (only {size} bytes)")
-        magic, version, workers, capacity, slots, row, _ = _HEADER.unpack(
+        magic, version, workers, capacity, slots, row, used = _HEADER.unpack(
             os.pread(fd, _HEADER.size, 0)
         )
         if magic != MAGIC:
@@ -132,6 +132,10 @@ class SharedCounts:
             )
         if slots != _slots_for(capacity) or row != _row_size(workers):
             raise CountsFileError(f"{path}: damaged count table header (slots {slots}, row {row})")
+        if used > capacity:
+            raise CountsFileError(
+                f"{path}: damaged count table header ({used} keys in use, capacity {capacity})"
+            )
         if size != _HEADER_SIZE + slots * row:
             raise CountsFileError(
                 f"{path}: count table is {size} bytes, its header says {_HEADER_SIZE + slots * row}"
