@@ -471,13 +471,24 @@ class Call:
         self._start_attempt(attempt, timeout)
 
     def _start_attempt(self, attempt: Attempt, timeout: float) -> None:
-        """Count the attempt's members as rung, send its INVITEs and start its ring timer."""
+        """Count the attempt's members as rung, send its INVITEs and start its ring timer.
+
+        A member is counted only while it is under its limit, in one step: another server
+        process sharing the counts may have taken its last place since it was checked, and it
+        is then not rung (busy)."""
+        limits, directory = self.manager.limits, self.manager.directory
+        busy: set[str] = set()
         for number in attempt.members:
-            self.manager.limits.join(self, number)
+            extension = directory.lookup(number)
+            limit = extension.max_calls if extension is not None else None
+            if limits.join_or_refuse(self, number, limit, "Busy Here") is not None:
+                busy.add(number)
+        if busy:
+            attempt.forks = [leg for leg in attempt.forks if leg.number not in busy]
         self.attempt = attempt
         self.forks.extend(attempt.forks)
         if not attempt.forks:
-            attempt.finish(Outcome.UNREACHABLE, 480)
+            attempt.finish(*((Outcome.BUSY, 486) if busy else (Outcome.UNREACHABLE, 480)))
             return
         attempt.timer = self.core.clock.call_later(timeout, self.on_ring_timeout, attempt)
         if self._relay_for(attempt.forks) and attempt.forks[0].request.body:
