@@ -165,8 +165,8 @@ class CallLimits:
             keys += (ALL + caller.number, OUT + caller.number)
         if callee is not None and (caller is None or callee.number != caller.number):
             keys.append(ALL + callee.number)
-        members = self._members.get(call, ())
-        new = [key for key in keys if key not in members]
+        members = self._members.get(call)
+        new = keys if members is None else [key for key in keys if key not in members]
         counts = self._counts
         with counts.locked():
             refusal = (self.check_caller(caller) if caller is not None else None) or (
@@ -174,13 +174,13 @@ class CallLimits:
             )
             if refusal is not None:
                 return refusal
-            added: list[str] = []
+            done = 0
             try:
                 for key in new:
                     counts.add(key, 1)
-                    added.append(key)
+                    done += 1
             except CountsFull as exc:
-                for key in added:
+                for key in new[:done]:
                     counts.add(key, -1)
                 log.error("call refused: %s", exc)
                 return TABLE_FULL
