@@ -16,9 +16,18 @@ from .transaction.base import new_via
 from .transport.base import Address
 from .uri import SipUri, Uri, format_host
 
+_call_id_prefix = ""
+
+
+def set_call_id_prefix(prefix: str) -> None:
+    """Start every Call-ID this process makes with ``prefix`` (a worker process's number, so
+    the dialogs it originates come back to it: ``transport.steering``)."""
+    global _call_id_prefix
+    _call_id_prefix = prefix
+
 
 def new_call_id(host: str) -> str:
-    return f"{secrets.token_hex(10)}@{format_host(host)}"
+    return f"{_call_id_prefix}{secrets.token_hex(10)}@{format_host(host)}"
 
 
 @dataclass(slots=True)

@@ -171,6 +171,11 @@ class TransportManager:
                 await self._close_all()
                 raise
         self._started = True
+        self._index_udp()
+        log.info("listening on %s", ", ".join(str(address) for address in self.bound))
+
+    def _index_udp(self) -> None:
+        """Which UDP socket sends toward each address family, once the sockets are there."""
         for udp in self.udp:
             self._udp_by_family.setdefault(udp.family, udp)
             self._udp_choices.setdefault(udp.family, []).append(udp)
@@ -178,7 +183,6 @@ class TransportManager:
             if len(choices) < 2 or any(u.local.host in WILDCARDS for u in choices):
                 del self._udp_choices[family]  # one socket (or a wildcard) serves every peer
         self._fixed_local.clear()  # answered while the sockets were being bound
-        log.info("listening on %s", ", ".join(str(address) for address in self.bound))
 
     async def _bind(self, hosts: list[str], udp_port: int, tcp_port: int) -> None:
         port = udp_port
@@ -232,7 +236,8 @@ class TransportManager:
         if transport == "udp":
             addresses = [udp.local for udp in self.udp]
         elif transport == "tcp":
-            addresses = list(self.tcp.listening)
+            # (a worker process holds no listener: the addresses bound by the primary)
+            addresses = list(self.tcp.listening) or self.bound["tcp"]
         else:
             addresses = self.bound[transport]
         if not addresses:

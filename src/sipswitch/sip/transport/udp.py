@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import socket
+from collections.abc import Callable
 from typing import cast
 
 from ..parser import MAX_MESSAGE_SIZE, MessageError, parse_datagram
@@ -70,11 +71,12 @@ class UdpTransport(asyncio.DatagramProtocol):
         # The Address of each recent peer (socket address -> Address): most datagrams come
         # from a peer seen a moment ago, and building a frozen dataclass costs more than a get.
         self._sources: dict[tuple[str | int, ...], Address] = {}
+        # With worker processes the primary hands most datagrams on unparsed: ``steer`` returns
+        # True for a datagram it took (``transport.steering``).
+        self.steer: Callable[[bytes, tuple[str | int, ...]], bool] | None = None
 
     @classmethod
-    async def open(
-        cls, host: str, port: int = 0, sink: MessageSink | None = None
-    ) -> UdpTransport:
+    async def open(cls, host: str, port: int = 0, sink: MessageSink | None = None) -> UdpTransport:
         """Bind (host, port); port 0 picks a free port (read it from ``.local``)."""
         sock = bind_socket(host, port, socket.SOCK_DGRAM)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -110,6 +112,9 @@ class UdpTransport(asyncio.DatagramProtocol):
                 return  # a CRLF keepalive
         if _LOOKS_LIKE_SIP.match(data) is None:
             self.dropped += 1
+            return
+        steer = self.steer
+        if steer is not None and steer(data, addr):
             return
         sink = self.sink
         if sink is None:
@@ -167,3 +172,47 @@ class UdpTransport(asyncio.DatagramProtocol):
     @property
     def closed(self) -> bool:
         return self._transport is None
+
+
+class SendOnlyUdp(UdpTransport):
+    """A UDP socket another process reads (a worker's copy of the primary's socket): this one
+    only sends on it, so replies leave from the server's usual address and port; what it
+    receives is handed to ``datagram_received`` by whoever reads."""
+
+    def __init__(self, sock: socket.socket, sink: MessageSink | None = None) -> None:
+        super().__init__(sink)
+        sock.setblocking(False)
+        self._sock: socket.socket | None = sock
+        host, port = sock.getsockname()[:2]
+        self.family = family_of(host)
+        self.local = Address("udp", host, port)
+
+    def send(self, data: bytes, destination: Address) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            socket.inet_pton(self.family, destination.host)
+        except OSError:
+            log.warning("%s: cannot send to %s", self.local, destination)
+            return False
+        try:
+            sock.sendto(data, (destination.host, destination.port))
+        except BlockingIOError:
+            self.dropped += 1  # the socket buffer is full: lost like any datagram
+            return True
+        except OSError as exc:
+            log.debug("%s: %s", self.local, exc)
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def wait_closed(self) -> None:
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None

@@ -1,0 +1,186 @@
+"""Which worker process owns a message, and the channel that carries messages between processes.
+
+With ``[sip] workers = N`` the primary process (worker 0) reads every socket and hands each
+message to the worker that owns its dialog, chosen from the Call-ID alone: a byte search, no
+parse. Call-IDs a worker makes itself carry its number (``w3-…``), so the responses and
+in-dialog requests of the legs it originates come home to it; any other Call-ID is hashed.
+REGISTERs always belong to the primary, the one writer of registrations.
+
+Between the primary and a worker runs a ``Channel``: a Unix datagram socket pair (message
+boundaries kept, no port anyone else can reach, no ten-datagram queue limit since the pair is
+connected both ways) carrying frames:
+
+* ``M`` a message received by the primary for the worker, with its source and the index of the
+  listening socket that took it;
+* ``S`` a message a worker asks the primary to send on a TCP or TLS connection it holds;
+* ``E`` an event (JSON): a registration change, a ban, a reachability change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import re
+import socket
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_WORKERS = 16
+FRAME_LIMIT = 70_000  # a message (at most 65,535 octets) and its frame header
+CHANNEL_BUFFER = 4 * 1024 * 1024
+MAX_QUEUED = 4096  # frames waiting for a busy peer before new ones are dropped
+_READ_BATCH = 128  # frames read per wake-up before other callbacks get their turn
+
+_CALL_ID = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def call_id_prefix(worker: int) -> str:
+    """What the Call-IDs made by ``worker`` start with."""
+    return f"w{worker}-"
+
+
+def find_call_id(data: bytes) -> bytes | None:
+    """The Call-ID of a raw message (None when it has none)."""
+    found = _CALL_ID.search(data)
+    return found.group(1).rstrip() if found is not None else None
+
+
+def owner_of_call_id(call_id: bytes, workers: int) -> int:
+    """The worker owning a dialog: the one named by a worker-made Call-ID, else a hash."""
+    if call_id[:1] == b"w":
+        dash = call_id.find(b"-", 1, 4)
+        if dash > 1 and call_id[1:dash].isdigit():
+            worker = int(call_id[1:dash])
+            if worker < workers:
+                return worker
+    return zlib.crc32(call_id) % workers
+
+
+def owner_of(data: bytes, workers: int) -> int:
+    """The worker a raw message goes to: REGISTERs and messages without a Call-ID to the
+    primary (0), the rest by Call-ID."""
+    if workers < 2 or data.startswith(b"REGISTER "):
+        return 0
+    call_id = find_call_id(data)
+    if not call_id:
+        return 0
+    return owner_of_call_id(call_id, workers)
+
+
+# --- frames ---
+def message_frame(data: bytes, transport: str, host: str, port: int, local_index: int) -> bytes:
+    return b"M %s %s %d %d\n%s" % (transport.encode(), host.encode(), port, local_index, data)
+
+
+def send_frame(data: bytes, transport: str, host: str, port: int) -> bytes:
+    return b"S %s %s %d\n%s" % (transport.encode(), host.encode(), port, data)
+
+
+def event_frame(event: dict[str, Any]) -> bytes:
+    return b"E" + json.dumps(event, separators=(",", ":")).encode()
+
+
+def split_frame(frame: bytes) -> tuple[list[str], bytes]:
+    """(header fields, payload) of an M or S frame; ValueError when malformed."""
+    end = frame.index(b"\n", 0, 300)
+    return frame[2:end].decode().split(" "), frame[end + 1 :]
+
+
+class Channel:
+    """One end of a Unix datagram socket pair read and written on the running loop.
+
+    ``on_frame`` gets every frame received. Sending never blocks: when the peer is busy the
+    frame waits in a bounded queue flushed as soon as the socket takes more; past the bound a
+    frame is dropped (a datagram lost, as on the network: the sender retransmits)."""
+
+    def __init__(self, sock: socket.socket, on_frame: Callable[[bytes], None]) -> None:
+        sock.setblocking(False)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, CHANNEL_BUFFER)
+            except OSError:
+                pass
+        self.sock = sock
+        self.on_frame = on_frame
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dropped = 0
+        self.closed = False
+
+    @staticmethod
+    def pair() -> tuple[socket.socket, socket.socket]:
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+
+    def send(self, frame: bytes) -> bool:
+        if self.closed:
+            return False
+        if self._queue:
+            return self._enqueue(frame)
+        try:
+            self.sock.send(frame)
+        except BlockingIOError:
+            return self._enqueue(frame)
+        except OSError as exc:
+            log.debug("channel send failed: %s", exc)
+            return False
+        return True
+
+    def _enqueue(self, frame: bytes) -> bool:
+        if len(self._queue) >= MAX_QUEUED:
+            self.dropped += 1
+            return False
+        if not self._queue and self._loop is not None:
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+        self._queue.append(frame)
+        return True
+
+    def _writable(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                self.sock.send(queue[0])
+                queue.popleft()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("channel send failed: %s", exc)
+            queue.clear()
+        if self._loop is not None:
+            self._loop.remove_writer(self.sock.fileno())
+
+    def _readable(self) -> None:
+        recv = self.sock.recv
+        for _ in range(_READ_BATCH):
+            try:
+                frame = recv(FRAME_LIMIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("channel read failed: %s", exc)
+                return
+            if not frame:
+                continue
+            try:
+                self.on_frame(frame)
+            except Exception:
+                log.exception("frame handler failed")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+            if self._queue:
+                self._loop.remove_writer(self.sock.fileno())
+        self._queue.clear()
+        self.sock.close()
