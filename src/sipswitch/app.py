@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -27,6 +28,7 @@ from .media.session import BEEP, MediaSession, PlayResult
 from .pbx import server as pbx_server
 from .pbx.application import Application, ApplicationCall, ApplicationError
 from .pbx.b2bua import FEATURE_CONFIRM, forwarding_reason
+from .pbx.workers import WorkerSpec
 from .sip.clock import LoopClock
 from .trunk.manager import TrunkManager
 
@@ -328,24 +330,42 @@ class FeatureConfirmation(Application):
         # The application's end hangs up: a BYE to the caller.
 
 
-async def serve(settings: Settings, settings_source: Callable[[], Settings] | None = None) -> int:
-    """Run the server with its applications until SIGTERM or SIGINT; SIGHUP reloads the
-    settings with ``settings_source`` (reads the file again)."""
-    ivr = IvrApplication(settings)
-    ivr.start()
-    applications: dict[str, Application] = {
+WORKER_COMMAND = [sys.executable, "-m", "sipswitch.worker"]
+
+
+def _applications(settings: Settings, ivr: IvrApplication) -> dict[str, Application]:
+    return {
         "ivr": ivr,
         "voicemail": VoicemailApplication(settings.data_dir, ivr.prompts),
         "voicemail-access": VoicemailAccess(settings.data_dir, ivr.prompts),
         FEATURE_CONFIRM: FeatureConfirmation(ivr.prompts, settings.data_dir),
     }
+
+
+async def serve(settings: Settings, settings_source: Callable[[], Settings] | None = None) -> int:
+    """Run the server with its applications until SIGTERM or SIGINT; SIGHUP reloads the
+    settings with ``settings_source`` (reads the file again)."""
+    ivr = IvrApplication(settings)
+    ivr.start()
     try:
         return await pbx_server.serve(
             settings,
-            applications=applications,
+            applications=_applications(settings, ivr),
             trunks=TrunkManager(settings),
             settings_source=settings_source,
             trunks_factory=TrunkManager,
+            worker_command=WORKER_COMMAND,
         )
+    finally:
+        ivr.stop()
+
+
+async def serve_worker(spec: WorkerSpec) -> int:
+    """Run one worker process of a server with ``[sip] workers`` > 1 (``sipswitch.worker``)."""
+    settings = Settings.model_validate_json(spec.settings)
+    ivr = IvrApplication(settings)
+    ivr.start()
+    try:
+        return await pbx_server.serve_worker(spec, _applications(settings, ivr))
     finally:
         ivr.stop()

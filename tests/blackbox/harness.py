@@ -98,6 +98,7 @@ class SipswitchServer:
         auth_algorithms: list[str] | None = None,
         extra_config: str = "",
         name: str = "sipswitch",
+        workers: int = 1,
     ) -> None:
         self.host = HOST
         self.port = free_port()
@@ -111,6 +112,7 @@ class SipswitchServer:
         self.max_contacts = max_contacts
         self.auth_algorithms = auth_algorithms
         self.extra_config = extra_config
+        self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
         self._write_config()
@@ -136,6 +138,7 @@ class SipswitchServer:
             f"tcp_port = {self.port}\n"
             'domain = ""\n'
             'realm = "sipswitch"\n'
+            + (f"workers = {self.workers}\n" if self.workers != 1 else "")
             + (
                 f"auth_algorithms = {json.dumps(self.auth_algorithms)}\n"
                 if self.auth_algorithms

@@ -47,6 +47,9 @@ class SipSettings(Section):
     # Digest challenges, in the order sent. MD5 comes first by default because many phones
     # (and SIPp) answer only the first challenge and know nothing else.
     auth_algorithms: list[str] = Field(default_factory=lambda: ["MD5", "SHA-256"])
+    # Processes sharing the calls (docs/scaling.md): 1 is one process doing everything; with
+    # more, the first reads every socket and hands each dialog to its owner by Call-ID.
+    workers: Annotated[int, Field(ge=1, le=16)] = 1
 
     @field_validator("auth_algorithms")
     @classmethod
@@ -452,9 +455,22 @@ class Settings(Section):
     lists: ListSettings = Field(default_factory=ListSettings)
     trunks: list[TrunkSettings] = Field(default_factory=list)
 
+    @field_validator("tls")
+    @classmethod
+    def _tls_single_process(
+        cls, value: TlsSettings | None, info: ValidationInfo
+    ) -> TlsSettings | None:
+        if value is not None:
+            _single_process_only("TLS", info)
+        return value
+
     @field_validator("trunks")
     @classmethod
-    def _unique_trunks(cls, value: list[TrunkSettings]) -> list[TrunkSettings]:
+    def _unique_trunks(
+        cls, value: list[TrunkSettings], info: ValidationInfo
+    ) -> list[TrunkSettings]:
+        if value:
+            _single_process_only("lines and trunks", info)
         return check_unique_names(value)
 
     @field_validator("groups")
@@ -477,6 +493,14 @@ class Settings(Section):
             return self.data_dir / "xml"
         path = Path(self.ivr.xml_dir).expanduser()
         return path if path.is_absolute() else self.data_dir / path
+
+
+def _single_process_only(feature: str, info: ValidationInfo) -> None:
+    sip = info.data.get("sip")
+    if isinstance(sip, SipSettings) and sip.workers > 1:
+        raise ValueError(
+            f"{feature} need [sip] workers = 1 (worker processes do not serve them yet)"
+        )
 
 
 def load_settings(config_path: Path | None, data_dir: Path | None = None) -> Settings:

@@ -160,6 +160,9 @@ class NatKeepalive:
         self._phase = 0.0
         self._timer: TimerHandle | None = None
         self._watching = False
+        # Told (binding, reachable) whenever a phone becomes unreachable or reachable again
+        # (worker processes keep a copy: ``pbx.workers``).
+        self.on_reachability: Callable[[Binding, bool], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -204,6 +207,10 @@ class NatKeepalive:
         """How many bindings are behind NAT (and pinged)."""
         return len(self._peers)
 
+    def unreachable_bindings(self) -> list[Binding]:
+        """The bindings of the phones unreachable now."""
+        return [peer.binding for peer in self._peers.values() if peer.unreachable]
+
     def unreachable_count(self) -> int:
         return sum(1 for peer in self._peers.values() if peer.unreachable)
 
@@ -245,6 +252,7 @@ class NatKeepalive:
             if peer.unreachable:
                 peer.unreachable = False
                 log.info("phone %s is reachable again: it registered", peer.describe())
+                self._report(peer)
 
     def _forget(self, key: BindingKey) -> None:
         peer = self._peers.pop(key, None)
@@ -343,6 +351,7 @@ class NatKeepalive:
             if peer.unreachable:
                 peer.unreachable = False
                 log.info("phone %s is reachable again (%s)", peer.describe(), detail)
+                self._report(peer)
             return
         self.failed += 1
         peer.failures += 1
@@ -354,3 +363,8 @@ class NatKeepalive:
                 peer.failures,
                 detail,
             )
+            self._report(peer)
+
+    def _report(self, peer: _Peer) -> None:
+        if self.on_reachability is not None:
+            self.on_reachability(peer.binding, not peer.unreachable)

@@ -33,8 +33,12 @@ class LocationService:
         wall: Callable[[], float],
         max_batch: int = 2000,
         max_aors: int = 1_000_000,
+        replica: bool = False,
     ) -> None:
         self._store = store
+        # A worker process's copy: loaded from the store, then changed only by ``apply`` with
+        # what the primary announces; it never writes.
+        self._replica = replica
         self._wall = wall
         self._bindings: dict[str, list[Binding]] = {}
         self._batch = _Batch()
@@ -56,6 +60,8 @@ class LocationService:
         return len(rows)
 
     def start(self) -> None:
+        if self._replica:
+            return
         self._wakeup = asyncio.Event()
         self._writer = asyncio.create_task(self._write_loop(), name="location-writer")
 
@@ -122,6 +128,10 @@ class LocationService:
         self._set(aor, bindings)
         self._kick()
 
+    def apply(self, aor: str, bindings: list[Binding]) -> None:
+        """Take the whole set of ``aor`` as another process made it (nothing is written)."""
+        self._set(aor, bindings)
+
     def remove_expired(self) -> int:
         now = self._wall()
         count = 0
@@ -151,6 +161,8 @@ class LocationService:
             watcher(aor, bindings)
 
     def _queue_delete(self, binding: Binding) -> None:
+        if self._replica:
+            return
         key = (binding.aor, binding.contact_uri)
         self._batch.upserts.pop(key, None)
         self._batch.deletes.add(key)

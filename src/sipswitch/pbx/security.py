@@ -98,6 +98,9 @@ class SecurityGate(MessageSink):
         self.dropped_scanner = 0
         self.overload_answers = 0
         self.bans = 0
+        # Told (host, reason, seconds) of every ban: a worker process passes its bans to the
+        # primary, which reads every socket (``pbx.workers``).
+        self.on_ban: Callable[[str, str, float], None] | None = None
 
     # --- MessageSink ---
     def on_message(self, message: Message, source: Address, local: Address) -> None:
@@ -230,6 +233,8 @@ class SecurityGate(MessageSink):
         bans[host] = now + duration
         self.bans += 1
         log.warning("ban %s: %s; ignored for %d s", host, reason, duration)
+        if self.on_ban is not None:
+            self.on_ban(host, reason, duration)
 
     def unban(self, host: str) -> bool:
         return self._bans.pop(host, None) is not None

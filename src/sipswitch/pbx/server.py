@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ..config.errors import ConfigError
 from ..config.settings import Settings
 from ..media.relay_backend import RelayBackend
 from ..sip.clock import Clock, LoopClock
+from ..sip.dialog import set_call_id_prefix
 from ..sip.message import Request
 from ..sip.transaction import ServerTransaction
 from ..sip.transport.base import Address
@@ -32,6 +34,7 @@ from ..sip.transport.certs import (
     build_client_context,
 )
 from ..sip.transport.manager import TransportManager
+from ..sip.transport.steering import call_id_prefix
 from ..sip.transport.tls import TlsTransport
 from ..store import Database, seed_default_extensions
 from .application import Application
@@ -46,10 +49,13 @@ from .media_path import open_relay
 from .registrar import Registrar
 from .routing import Router, ToApplication
 from .security import AllowList, SecurityGate
+from .shared_counts import SharedCounts
+from .workers import WorkerLink, WorkerPool, WorkerSpec, WorkerTransports, media_share
 
 SHUTDOWN_GRACE = 3.0
 EXPIRY_SWEEP_INTERVAL = 30.0
 CERTIFICATE_CHECK_INTERVAL = 5.0
+COUNTS_FILE = "call-counts"  # in the data directory: call limit counts shared by the workers
 PID_FILE = "sipswitch.pid"  # in the data directory while ``serve`` runs (``sipswitch reload``)
 # Settings a reload applies to the next call; every other one needs a restart.
 RELOADABLE = ("groups", "dialplan", "lists")
@@ -77,7 +83,17 @@ class SipServer:
         trunks: Trunks | None = None,
         settings_source: Callable[[], Settings] | None = None,
         trunks_factory: Callable[[Settings], Trunks] | None = None,
+        worker: WorkerSpec | None = None,
+        worker_command: list[str] | None = None,
     ) -> None:
+        # With [sip] workers > 1: ``worker`` is this process's part when it is a worker;
+        # the primary starts the others with ``worker_command`` (``pbx.workers``).
+        self.worker = worker
+        self.worker_command = worker_command
+        self.pool: WorkerPool | None = None
+        self.link: WorkerLink | None = None
+        self.counts: SharedCounts | None = None  # call limits counted machine-wide (workers)
+        settings = self._own_share(settings)
         self.settings = settings
         self.settings_source = settings_source  # reads the settings file again (SIGHUP)
         # Builds the trunk service for new settings: with it, trunks reload without a restart.
@@ -100,18 +116,34 @@ class SipServer:
         self.certificates: ServerCertificates | None = None
         self._certificate_watch: asyncio.Task[None] | None = None
 
+    def _own_share(self, settings: Settings) -> Settings:
+        """``settings`` as this process applies them: with workers, its part of the RTP ports."""
+        workers = settings.sip.workers
+        if workers < 2:
+            return settings
+        index = self.worker.index if self.worker is not None else 0
+        return settings.model_copy(update={"media": media_share(settings.media, index, workers)})
+
     async def start(self) -> None:
         settings = self.settings
+        worker = self.worker
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await self.database.open()
-        created = await seed_default_extensions(self.database, settings.sip.realm)
-        if created:
-            self.out("Created extensions (passwords are shown only this once):")
-            for number, password in created:
-                self.out(f"  extension {number}  password {password}")
+        if worker is None:
+            created = await seed_default_extensions(self.database, settings.sip.realm)
+            if created:
+                self.out("Created extensions (passwords are shown only this once):")
+                for number, password in created:
+                    self.out(f"  extension {number}  password {password}")
+        if settings.sip.workers > 1:
+            # The dialogs this process starts come back to it (``sip.transport.steering``).
+            set_call_id_prefix(call_id_prefix(worker.index if worker is not None else 0))
         clock = LoopClock()
-        self.location = LocationService(self.database.bindings, clock.wall)
-        restored = await self.location.load()
+        # A worker's registrations are the primary's, announced to it (none read here).
+        self.location = LocationService(
+            self.database.bindings, clock.wall, replica=worker is not None
+        )
+        restored = await self.location.load() if worker is None else 0
         self.location.start()
         self.cdr = CdrRecorder(self.database.cdr)
         self.cdr.start()
@@ -121,7 +153,11 @@ class SipServer:
         await directory.load()
         directory.start()
         self.directory = directory
-        core = PbxCore(settings, clock, self.transports, directory)
+        if worker is not None:
+            secret: bytes | None = bytes.fromhex(worker.secret)
+        else:
+            secret = secrets.token_bytes(32) if settings.sip.workers > 1 else None
+        core = PbxCore(settings, clock, self.transports, directory, secret=secret)
         self.core = core
         registrar = Registrar(core, self.location)
         self.keepalive = NatKeepalive(
@@ -141,9 +177,19 @@ class SipServer:
         router = Router(directory, settings.groups, settings.dialplan, settings.lists, served)
         self.calls = CallManager(core, self.location, self.cdr, router, self.database.extensions)
         self.calls.applications.update(self.applications)
+        if worker is not None:
+            self.counts = SharedCounts.attach(worker.counts, worker.index)
+        elif settings.sip.workers > 1:
+            self.counts = SharedCounts.create(settings.data_dir / COUNTS_FILE, settings.sip.workers)
+        if self.counts is not None:
+            self.calls.limits = CallLimits(self.counts)
         self.relay = await open_relay(settings.relay, self.calls.ports, clock)
         self.calls.use_relay(self.relay)
-        if self.keepalive is not None:
+        if worker is not None:
+            assert isinstance(self.transports, WorkerTransports)
+            self.link = WorkerLink(worker, self.transports, self.location, self._reload_from)
+            self.calls.reachable = self.link.reachable_bindings
+        elif self.keepalive is not None:
             self.calls.reachable = self.keepalive.reachable_bindings
         core.dialogs = self.calls
         core.handlers = {
@@ -161,6 +207,8 @@ class SipServer:
         security = SecurityGate(security_settings, clock, core.transactions)
         core.security = security
         self.security = security
+        if self.link is not None:
+            security.on_ban = self.link.report_ban
         self.transports.set_sink(security)
         if isinstance(self.transports, TransportManager):
             self.transports.tcp.admit = security.admit_connection
@@ -173,12 +221,39 @@ class SipServer:
         if settings.tls is not None:
             await self._start_tls(clock, security)
         self._sweeper = asyncio.create_task(self._sweep(), name="binding-expiry")
+        if self.link is not None:
+            self.link.start()
+            return
         self.keepalive.start()
         if self.trunks is not None:
             self.trunks.start(core, self.calls.limits)
+        if settings.sip.workers > 1:
+            await self._start_workers(secret)
         for address in self.transports.bound:
             self.out(f"listening on {address}")
         self.out(f"sipswitch ready ({restored} registrations restored)")
+
+    async def _start_workers(self, secret: bytes | None) -> None:
+        assert self.location is not None and self.security is not None and secret is not None
+        if not isinstance(self.transports, TransportManager) or not self.worker_command:
+            raise RuntimeError("worker processes need real transports and a worker command")
+        self.pool = WorkerPool(
+            self.settings,
+            self.transports,
+            self.location,
+            self.keepalive,
+            self.security,
+            secret,
+            self.worker_command,
+            counts_path=str(self.counts.path) if self.counts is not None else "",
+            on_worker_lost=self.counts.clear_worker if self.counts is not None else None,
+        )
+        await self.pool.start()
+
+    def _reload_from(self, settings: Settings) -> None:
+        """A worker: the primary took new settings; take them the same way."""
+        self.settings_source = lambda: settings
+        self.reload_settings()
 
     async def _start_tls(self, clock: Clock, security: SecurityGate) -> None:
         tls = self.settings.tls
@@ -222,7 +297,8 @@ class SipServer:
         if self.settings_source is None or self.calls is None:
             return False
         try:
-            new = self.settings_source()
+            read = self.settings_source()
+            new = self._own_share(read)
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("settings not reloaded, the previous ones stay in use: %s", issue)
@@ -249,6 +325,8 @@ class SipServer:
                         name,
                     )
         self.calls.router.configure(new.groups, new.dialplan, new.lists)
+        if self.pool is not None:
+            self.pool.reload(read)
         if replace_trunks:
             previous = self._trunk_reload
             self._trunk_reload = asyncio.ensure_future(self._replace_trunks(new, previous))
@@ -310,6 +388,9 @@ class SipServer:
 
     async def stop(self) -> None:
         core, calls = self.core, self.calls
+        # Workers finish their calls meanwhile; the primary's sockets stay open until they are
+        # gone (they send TCP through it).
+        workers_stopped = asyncio.ensure_future(self.pool.stop()) if self.pool else None
         if core is not None:
             core.accepting_calls = False
             await core.drain(SHUTDOWN_GRACE)
@@ -334,11 +415,17 @@ class SipServer:
             await self.location.close()
         if self.cdr is not None:
             await self.cdr.close()
+        if workers_stopped is not None:
+            await workers_stopped
+        if self.link is not None:
+            self.link.close()
         if self.transports is not None:
             await self.transports.stop()
         if self.relay is not None:
             await self.relay.close()
         await self.database.close()
+        if self.counts is not None:
+            self.counts.close()
 
 
 def _changed_keys(old: Any, new: Any, name: str) -> list[str]:
@@ -374,32 +461,24 @@ async def serve(
     trunks: Trunks | None = None,
     settings_source: Callable[[], Settings] | None = None,
     trunks_factory: Callable[[Settings], Trunks] | None = None,
+    worker_command: list[str] | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT; return the process exit code. SIGHUP reloads the TLS
     certificates and, with ``settings_source``, the settings (trunks too with
-    ``trunks_factory``)."""
+    ``trunks_factory``). With ``[sip] workers`` > 1 the workers are started with
+    ``worker_command``."""
     server = SipServer(
         settings,
         applications=applications,
         trunks=trunks,
         settings_source=settings_source,
         trunks_factory=trunks_factory,
+        worker_command=worker_command,
     )
-    try:
-        await server.start()
-    except (OSError, CertificateError) as exc:
-        log.error("cannot start: %s", exc)
-        await server.stop()
+    stop = await _started(server)
+    if stop is None:
         return 1
-    # Everything allocated at start-up lives for the whole run: keep it out of the collector's
-    # scans, and collect young objects less often (fewer pauses under load).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 50)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload)
     pid_file = settings.data_dir / PID_FILE
     _write_pid_file(pid_file)
     sys.stdout.flush()
@@ -411,3 +490,42 @@ async def serve(
         _remove_pid_file(pid_file)
     log.info("stopped")
     return 0
+
+
+async def serve_worker(spec: WorkerSpec, applications: dict[str, Application]) -> int:
+    """Run worker process ``spec.index`` until SIGTERM (the primary's, or its death's)."""
+    settings = Settings.model_validate_json(spec.settings)
+    server = SipServer(
+        settings,
+        out=lambda line: None,
+        transports=WorkerTransports(spec),
+        applications=applications,
+        worker=spec,
+    )
+    stop = await _started(server)
+    if stop is None:
+        return 1
+    # Reloads come from the primary; a SIGHUP sent to the whole process group is not for us.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+async def _started(server: SipServer) -> asyncio.Event | None:
+    """Start ``server``; the event SIGTERM and SIGINT set, or None when it could not start."""
+    try:
+        await server.start()
+    except (OSError, CertificateError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        await server.stop()
+        return None
+    # Everything allocated at start-up lives for the whole run: keep it out of the collector's
+    # scans, and collect young objects less often (fewer pauses under load).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import fcntl
+import io
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -145,14 +148,25 @@ class CdrStore:
             await asyncio.to_thread(self._append_csv, by_day)
 
     def _append_csv(self, by_day: dict[str, list[CdrRecord]]) -> None:
+        """Append each day's rows in one write under an exclusive lock, so the processes of
+        one server (worker processes) never interleave within a row or write the header
+        twice."""
         self.csv_dir.mkdir(parents=True, exist_ok=True)
         for day, records in sorted(by_day.items()):
-            path = self.csv_dir / f"{day}.csv"
-            with path.open("a", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                if handle.tell() == 0:
-                    writer.writerow(CSV_COLUMNS)
-                writer.writerows(_csv_row(record) for record in records)
+            text = io.StringIO()
+            csv.writer(text).writerows(_csv_row(record) for record in records)
+            fd = os.open(self.csv_dir / f"{day}.csv", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_size == 0:
+                    header = io.StringIO()
+                    csv.writer(header).writerow(CSV_COLUMNS)
+                    text = io.StringIO(header.getvalue() + text.getvalue())
+                data = text.getvalue().encode("utf-8")
+                while data:
+                    data = data[os.write(fd, data) :]
+            finally:
+                os.close(fd)
 
     async def query(
         self,
