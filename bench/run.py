@@ -1,6 +1,6 @@
 """Benchmark of sipswitch with SIPp on this machine (all traffic on 127.0.0.1), with Kamailio
-as the reference: authenticated REGISTER/s, calls/s through the B2BUA with response times,
-CPU and memory of the server, memory with 100,000 registrations, and the IVR: how many calls
+as the reference: authenticated REGISTER/s, calls/s through the B2BUA with response times (in
+one process, and with ``[sip] workers`` = the CPUs: ``--workers``), CPU and memory of the server, memory with 100,000 registrations, and the IVR: how many calls
 at the auto attendant (800) one server keeps hearing its prompts with an RTP jitter p99 under
 5 ms at the receiver (and, as a reference, bench/media_bench.py's media sessions alone), and
 the media relay: concurrent relayed G.711 calls under 0.1 % packet loss with the latency the
@@ -64,6 +64,7 @@ class Plan:
     register_rates: list[int]
     call_rates: list[int]
     kamailio_rates: list[int]
+    worker_call_rates: list[int]  # calls/s steps of the server with worker processes
     registrations: int
     ivr_calls: list[int] = field(default_factory=list)  # concurrent IVR calls, step by step
     ivr_rate: int = 100  # calls set up per second (at least) while ramping to a step's count
@@ -80,6 +81,7 @@ FULL = Plan(
     register_rates=[250, 500, 1000, 2000, 3000, 4000],
     call_rates=[50, 100, 200, 400, 700, 1000, 1500, 2000],
     kamailio_rates=[500, 1000, 2000, 3000, 4000, 5000, 6000],
+    worker_call_rates=[400, 700, 1000, 1200, 1500, 2000],
     registrations=100_000,
     ivr_calls=[200, 400, 600, 800, 1000, 1200, 1500, 2000],
     ivr_rate=100,
@@ -92,6 +94,7 @@ QUICK = Plan(
     register_rates=[200, 500, 1000, 2000],
     call_rates=[50, 100, 250, 500, 1000],
     kamailio_rates=[500, 1000, 2000],
+    worker_call_rates=[500, 1000, 1500],
     registrations=10_000,
     ivr_calls=[100, 250, 500, 750],
     ivr_rate=100,
@@ -455,6 +458,42 @@ def bench_sipswitch(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
         out["exit_code"] = server.stop(check=False)
 
 
+def bench_workers(plan: Plan, workdir: Path, workers: int) -> dict[str, Any]:
+    """Calls/s of a server with ``[sip] workers``: the same call scenario, CPU summed over the
+    primary and its worker processes."""
+    server = SipswitchServer(
+        workdir,
+        users={CALLER: "bench-caller-pw", CALLEE: "bench-callee-pw"},
+        extra_config='[log]\nlevel = "warning"',
+        name="sipswitch-workers",
+        workers=workers,
+    )
+    server.add_extensions()
+    server.start()
+    pid = server.pid or 0
+    out: dict[str, Any] = {"workers": workers}
+    try:
+        cpu0 = tree_cpu_seconds(pid)
+        calls, _ = calls_phase(
+            server.remote,
+            workdir,
+            plan.worker_call_rates,
+            plan.step_s,
+            scenario="uac_call",
+            caller_password=server.users[CALLER],
+            callee_port=free_port(),
+            register_callee=server,
+            label=f"calls-{workers}-workers",
+        )
+        cpu1 = tree_cpu_seconds(pid)
+        out |= calls.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
+        successful = sum(s.successful for s in calls.steps)
+        out["cpu_ms_per_call"] = round((cpu1 - cpu0) * 1000 / successful, 3) if successful else None
+    finally:
+        out["exit_code"] = server.stop(check=False)
+    return out
+
+
 # ---------------------------------------------------------------- Kamailio
 
 
@@ -709,6 +748,7 @@ def print_table(report: dict[str, Any]) -> None:
         return f">= {value:,}" if top and value else fmt(value)
     reg = sw.get("register", {})
     calls = sw.get("calls", {})
+    workers = report.get("workers", {})
     regs = sw.get("registrations", {})
     contacts = regs.get("contacts", 0)
     rss_regs = regs.get("rss_after_mb")
@@ -729,7 +769,7 @@ def print_table(report: dict[str, Any]) -> None:
             "",
         ),
         (
-            "calls/s (<0.1% failed)",
+            "calls/s, one process (<0.1% failed)",
             fmt(calls.get("best_rate")),
             f">= {TARGET_CALLS_PER_S:,}",
             verdict(calls.get("best_rate", 0) >= TARGET_CALLS_PER_S if calls else None),
@@ -741,6 +781,19 @@ def print_table(report: dict[str, Any]) -> None:
             "",
             "",
             f"{fmt(kam.get('best_p50_ms'), ' ms')} / {fmt(kam.get('best_p99_ms'), ' ms')}",
+        ),
+        (
+            f"calls/s with [sip] workers = {workers.get('workers', '-')} (<0.1% failed)",
+            fmt(workers.get("best_rate")),
+            f">= {TARGET_CALLS_PER_S:,}",
+            verdict(workers.get("best_rate", 0) >= TARGET_CALLS_PER_S if workers else None),
+            "",
+        ),
+        (
+            "  p50 / p99 at that rate, CPU per call (all processes)",
+            f"{fmt(workers.get('best_p50_ms'), ' ms')} / {fmt(workers.get('best_p99_ms'), ' ms')}"
+            f", {fmt(workers.get('cpu_ms_per_call'), ' ms', 3)}",
+            "", "", "",
         ),
         ("calls/s as a share of kamailio's", fmt(ratio, " %", 1), "", "", ""),
         (
@@ -830,6 +883,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ivr-only", action="store_true", help="only the IVR and media rows (no SIP phases)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder with logs")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(2, os.cpu_count() or 1),
+        help="[sip] workers of the worker-process calls/s row (default: the CPUs, at least 2)",
+    )
     args = parser.parse_args(argv)
 
     if server_missing():
@@ -865,10 +924,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ivr_only:
             report["sipswitch"] = {}
             bench_sipswitch(plan, workdir, report["sipswitch"])
+            log(f"calls/s with [sip] workers = {args.workers}")
+            report["workers"] = bench_workers(plan, workdir, args.workers)
             if not args.skip_kamailio:
                 report["kamailio"] = bench_kamailio(plan, workdir)
                 kam_best = report["kamailio"].get("best_rate")
-                sw_best = report["sipswitch"].get("calls", {}).get("best_rate")
+                sw_best = max(
+                    report["sipswitch"].get("calls", {}).get("best_rate") or 0,
+                    report["workers"].get("best_rate") or 0,
+                )
                 if kam_best and sw_best is not None:
                     report["ratio_calls_to_kamailio"] = round(sw_best / kam_best, 4)
         if not args.skip_ivr:
