@@ -232,6 +232,37 @@ def test_sipp_registers_and_calls_over_tls(
     assert "TLS" not in answered.workdir.joinpath("messages.log").read_text(errors="replace")
 
 
+def test_tls_calls_through_worker_processes(
+    sipswitch_server: ServerFactory,
+    sipp_uas: UasFactory,
+    tls_tunnel: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    """With [sip] workers = 2 the primary holds the TLS connections: the calls a worker owns
+    reach it through the primary, and its answers go back over the caller's connection."""
+    calls = 12  # each call's owner is a hash of its Call-ID: all twelve in one process is 1/4096
+    tls = start_tls_server(sipswitch_server, workers=2)
+    server = tls.server
+    if sipp_has_tls():
+        remote, transport, extra = f"{HOST}:{tls.port}", "tls", [
+            "-tls_cert", str(tls.cert), "-tls_key", str(tls.key)
+        ]
+    else:
+        remote, transport, extra = f"{HOST}:{open_tunnel(tls, tls_tunnel)}", "tcp", []
+    callee = sipp_uas(server, "201", "uas_answer", calls=calls)  # over UDP
+    caller = run_sipp(
+        "uac_call", remote, tmp_path, transport=transport, service="201", calls=calls,
+        users=[("200", server.users["200"])], timeout_s=60, extra=extra, name="uac-tls-workers",
+    )
+    assert caller.ok and caller.successful == calls, caller.describe()
+    answered = callee.wait(timeout_s=30)
+    assert answered.ok and answered.successful == calls, answered.describe()
+    starts = [line for line in server.log_text().splitlines() if "call start" in line]
+    assert len(starts) == calls
+    assert any("[worker 1]" in line for line in starts), starts
+    assert any("[worker" not in line for line in starts), starts
+
+
 @pytest.fixture
 def phones() -> Iterator[list[Baresip]]:
     if not baresip_available():

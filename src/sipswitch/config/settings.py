@@ -455,15 +455,6 @@ class Settings(Section):
     lists: ListSettings = Field(default_factory=ListSettings)
     trunks: list[TrunkSettings] = Field(default_factory=list)
 
-    @field_validator("tls")
-    @classmethod
-    def _tls_single_process(
-        cls, value: TlsSettings | None, info: ValidationInfo
-    ) -> TlsSettings | None:
-        if value is not None:
-            _single_process_only("TLS", info)
-        return value
-
     @field_validator("trunks")
     @classmethod
     def _unique_trunks(

@@ -218,7 +218,7 @@ class SipServer:
         await self.transports.start(
             settings.sip.listen, settings.sip.udp_port, settings.sip.tcp_port
         )
-        if settings.tls is not None:
+        if settings.tls is not None and worker is None:  # (a worker's TLS is the primary's)
             await self._start_tls(clock, security)
         self._sweeper = asyncio.create_task(self._sweep(), name="binding-expiry")
         if self.link is not None:

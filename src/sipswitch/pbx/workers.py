@@ -5,13 +5,15 @@ workers 1..N-1 as fresh interpreters, gives each a copy of the UDP sockets (so a
 from the server's own address and port) and a ``Channel``, and hands every message whose dialog
 another worker owns to that worker (``sip.transport.steering``): datagrams unparsed, TCP
 messages once framed. The primary alone takes REGISTERs (so it alone writes registrations),
-holds the TCP connections, pings phones behind NAT and writes the pid file; it announces every
-registration change, every change of a phone's reachability and reloaded settings to the
-workers. When a worker dies the primary serves its share until it has started it again.
+holds the TCP and TLS connections, pings phones behind NAT and writes the pid file; it
+announces every registration change, every change of a phone's reachability and reloaded
+settings to the workers. A worker that dies is started again; its share waits in a new channel
+meanwhile (the primary takes it over only from a worker that keeps dying at once).
 
 A worker (``WorkerLink`` with ``WorkerTransports``) runs a whole PBX core on what it is handed:
 its own transactions, B2BUA, IVR and voicemail, CDRs written to the shared database, and a
-read-only copy of the registrations. It sends UDP itself and asks the primary to send on TCP.
+read-only copy of the registrations. It sends UDP itself and asks the primary to send on TCP
+and TLS.
 Call limits count machine-wide (``shared_counts``); each process has its own share of the RTP
 port range; the digest nonce secret is the primary's, so a nonce is good in any process.
 """
@@ -166,9 +168,9 @@ class WorkerPool:
         self._bound_index = {address: i for i, address in enumerate(bound)}
         for udp in self.transports.udp:
             udp.steer = self._udp_steering(udp)
-        tcp = self.transports.tcp
-        if tcp.sink is not None:
-            tcp.sink = StreamSteering(tcp.sink, self)
+        for stream in (self.transports.tcp, self.transports.tls):
+            if stream is not None and stream.sink is not None:
+                stream.sink = StreamSteering(stream.sink, self)
         self.location.watch(self._binding_changed)
         if self.keepalive is not None:
             self.keepalive.on_reachability = self._reachability_changed
@@ -334,9 +336,9 @@ class WorkerPool:
 
     def hand_over(self, owner: int, data: bytes, source: Address, local: Address) -> bool:
         channel = self.channels[owner]
-        index = self._bound_index.get(local)
-        if channel is None or index is None:
+        if channel is None:
             return False
+        index = self._bound_index.get(local, -1)  # -1: a connection made from no listener
         self.handed_over += 1
         channel.send(message_frame(data, source.transport, source.host, source.port, index))
         return True
@@ -436,9 +438,13 @@ class WorkerTransports(TransportManager):
                 udp.datagram_received(payload, (host, port))
             return
         sink = self.sink
-        if sink is None or not 0 <= index < len(self.bound):
+        if sink is None:
             return
-        source, local = Address(transport, host, port), self.bound[index]
+        source = Address(transport, host, port)
+        if 0 <= index < len(self.bound):
+            local = self.bound[index]
+        else:
+            local = Address(transport, "::" if ":" in host else "0.0.0.0", 0)
         try:
             message = parse_datagram(payload)
         except MessageError as error:
