@@ -13,11 +13,9 @@ import pytest
 from sipswitch.pbx.limits import CallLimits, Refusal
 from sipswitch.pbx.server import SipServer
 from sipswitch.pbx.shared_counts import SharedCounts
-from sipswitch.sip.transport.base import Address
 from sipswitch.store import Extension
-from sipswitch.trunk.manager import TrunkManager
-from sipswitch.trunk.registration import RegistrationState
-from tests.trunk.conftest import Carrier, Net, eventually
+from tests.trunk.conftest import Carrier, Net
+from tests.trunk.test_lines import _setup
 
 from .conftest import Lab
 from .phone import Phone
@@ -119,28 +117,6 @@ async def test_a_full_table_refuses_calls_with_503(lab: Lab, tmp_path: Path) -> 
 
 
 # --- trunks ---
-LINE = """
-[security]
-allow = []
-
-[[trunks]]
-name = "carrier"
-kind = "line"
-host = "127.0.0.9"
-username = "5551000"
-password = "line-secret"
-dids = { "5551000" = "200" }
-max_incoming = 1
-max_outgoing = 1
-options_interval = 0
-
-[[dialplan]]
-prefix = "9"
-strip = 1
-target = "trunk:carrier"
-"""
-
-
 @pytest.fixture
 async def net(tmp_path: Path) -> AsyncIterator[Net]:
     network = Net(tmp_path)
@@ -149,23 +125,8 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
 
 
 async def _line(net: Net) -> tuple[SipServer, Carrier, Phone]:
-    """A server with a line to a carrier (registered) and extension 200 registered."""
-    carrier = net.carrier(
-        Address("udp", "127.0.0.9", 5060),
-        Address("udp", "127.0.0.1", 5060),
-        "5551000",
-        "line-secret",
-        "0611223344",
-    )
-    server = await net.server("branch", Address("udp", "127.0.0.1", 5060), LINE, ("200",))
-    trunks = server.trunks
-    assert isinstance(trunks, TrunkManager)
-
-    def registered() -> bool:
-        line = trunks.registrations.get("carrier")
-        return line is not None and line.state is RegistrationState.REGISTERED
-
-    await eventually(registered)
+    """The line of the trunk tests, limited to one call each way, and extension 200."""
+    server, carrier = await _setup(net, "max_incoming = 1\nmax_outgoing = 1")
     return server, carrier, await net.registered("200", server)
 
 

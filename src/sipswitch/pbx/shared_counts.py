@@ -37,7 +37,6 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from types import TracebackType
 
 MAGIC = b"SWCOUNT1"
 VERSION = 1
@@ -94,12 +93,7 @@ class _Lock:
         counts._depth += 1
         return counts
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         counts = self._counts
         counts._depth -= 1
         if counts._depth == 0:
@@ -202,12 +196,7 @@ class SharedCounts:
     def __enter__(self) -> SharedCounts:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # --- locking ---
@@ -227,12 +216,8 @@ class SharedCounts:
     # --- counts ---
     def total(self, key: str) -> int:
         """The machine-wide count of ``key`` (0 for a key never counted)."""
-        offset = self._where.get(key)
-        if offset is None:
-            offset = self._find(key, insert=False)
-            if offset is None:
-                return 0
-        return sum(self._columns.unpack_from(self._map, offset + 8))
+        offset = self._where.get(key) or self._find(key, insert=False)
+        return 0 if offset is None else sum(self._columns.unpack_from(self._map, offset + 8))
 
     def add(self, key: str, delta: int) -> int:
         """Add ``delta`` to this process's count of ``key`` (under the lock); the new own count.
@@ -242,10 +227,8 @@ class SharedCounts:
         nothing is changed."""
         if self._depth == 0:
             raise RuntimeError("SharedCounts.add outside 'with counts.locked()'")
-        offset = self._where.get(key)
-        if offset is None:
-            offset = self._find(key, insert=True)
-            assert offset is not None
+        offset = self._where.get(key) or self._find(key, insert=True)
+        assert offset is not None
         cell = offset + self._own
         value: int = _CELL.unpack_from(self._map, cell)[0] + delta
         if not 0 <= value <= _INT32_MAX:
@@ -255,11 +238,9 @@ class SharedCounts:
 
     def own(self, key: str) -> int:
         """This process's own count of ``key``."""
-        offset = self._where.get(key)
+        offset = self._where.get(key) or self._find(key, insert=False)
         if offset is None:
-            offset = self._find(key, insert=False)
-            if offset is None:
-                return 0
+            return 0
         value: int = _CELL.unpack_from(self._map, offset + self._own)[0]
         return value
 
