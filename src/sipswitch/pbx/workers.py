@@ -204,11 +204,13 @@ class WorkerPool:
         size = 0
         for aor, bindings in by_aor.items():
             rows = [asdict(b) for b in bindings]
-            chunk.append((aor, rows))
-            size += 200 * len(rows) + len(aor)
-            if size > SNAPSHOT_CHUNK:
+            # Measured, not guessed: a frame past FRAME_LIMIT would arrive cut short.
+            rows_size = len(json.dumps([aor, rows], separators=(",", ":"))) + 1
+            if chunk and size + rows_size > SNAPSHOT_CHUNK:
                 channel.send(event_frame({"binds": chunk}))
                 chunk, size = [], 0
+            chunk.append((aor, rows))
+            size += rows_size
         if chunk:
             channel.send(event_frame({"binds": chunk}))
         if self.keepalive is not None:
