@@ -98,7 +98,7 @@ class SipswitchServer:
         auth_algorithms: list[str] | None = None,
         extra_config: str = "",
         name: str = "sipswitch",
-        workers: int = 1,
+        workers: int | None = None,
     ) -> None:
         self.host = HOST
         self.port = free_port()
@@ -112,7 +112,8 @@ class SipswitchServer:
         self.max_contacts = max_contacts
         self.auth_algorithms = auth_algorithms
         self.extra_config = extra_config
-        self.workers = workers
+        # SIPSWITCH_TEST_WORKERS=2 runs every black-box server with worker processes.
+        self.workers = workers or int(os.environ.get("SIPSWITCH_TEST_WORKERS", "1"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
         self._write_config()

@@ -187,7 +187,13 @@ class SipServer:
         self.calls.use_relay(self.relay)
         if worker is not None:
             assert isinstance(self.transports, WorkerTransports)
-            self.link = WorkerLink(worker, self.transports, self.location, self._reload_from)
+            self.link = WorkerLink(
+                worker,
+                self.transports,
+                self.location,
+                self._reload_from,
+                on_peer_unreachable=core.transactions.peer_unreachable,
+            )
             self.calls.reachable = self.link.reachable_bindings
         elif self.keepalive is not None:
             self.calls.reachable = self.keepalive.reachable_bindings
@@ -475,14 +481,17 @@ async def serve(
         trunks_factory=trunks_factory,
         worker_command=worker_command,
     )
-    stop = await _started(server)
-    if stop is None:
-        return 1
+    # Signals are handled, and the pid file is there, from the first moment: worker processes
+    # make the start take a while, and a server already answering must not die of a SIGHUP.
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     pid_file = settings.data_dir / PID_FILE
     _write_pid_file(pid_file)
-    sys.stdout.flush()
     try:
+        stop = await _started(server)
+        if stop is None:
+            return 1
+        sys.stdout.flush()
         await stop.wait()
         log.info("shutting down")
         await server.stop()
@@ -502,18 +511,23 @@ async def serve_worker(spec: WorkerSpec, applications: dict[str, Application]) -
         applications=applications,
         worker=spec,
     )
+    # Reloads come from the primary; a SIGHUP sent to the whole process group is not for us.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)
     stop = await _started(server)
     if stop is None:
         return 1
-    # Reloads come from the primary; a SIGHUP sent to the whole process group is not for us.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: None)
     await stop.wait()
     await server.stop()
     return 0
 
 
 async def _started(server: SipServer) -> asyncio.Event | None:
-    """Start ``server``; the event SIGTERM and SIGINT set, or None when it could not start."""
+    """Start ``server``; the event SIGTERM and SIGINT set (also when they come during the
+    start), or None when it could not start."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except (OSError, CertificateError, RuntimeError) as exc:
@@ -524,8 +538,4 @@ async def _started(server: SipServer) -> asyncio.Event | None:
     # scans, and collect young objects less often (fewer pauses under load).
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     return stop

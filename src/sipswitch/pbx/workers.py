@@ -174,6 +174,16 @@ class WorkerPool:
         self.location.watch(self._binding_changed)
         if self.keepalive is not None:
             self.keepalive.on_reachability = self._reachability_changed
+        # A TCP or TLS connection that cannot be set up fails the requests waiting on it in
+        # every process (a worker's went out through the primary).
+        own = self.transports.tcp.on_unreachable
+
+        def unreachable(peer: Address) -> None:
+            if own is not None:
+                own(peer)
+            self._broadcast(event_frame({"gone": [peer.transport, peer.host, peer.port]}))
+
+        self.transports.set_unreachable_handler(unreachable)
         try:
             for index in range(1, self.workers):
                 self._open_channel(index)
@@ -465,8 +475,10 @@ class WorkerLink:
         transports: WorkerTransports,
         location: LocationService,
         on_reload: Callable[[Settings], None],
+        on_peer_unreachable: Callable[[Address], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_peer_unreachable = on_peer_unreachable
         self.transports = transports
         self.location = location
         self.on_reload = on_reload
@@ -524,6 +536,10 @@ class WorkerLink:
                 self._unreachable[key] = (binding.call_id, binding.cseq)
         elif "reload" in event:
             self.on_reload(Settings.model_validate_json(event["reload"]))
+        elif "gone" in event:
+            transport, host, port = event["gone"]
+            if self.on_peer_unreachable is not None:
+                self.on_peer_unreachable(Address(str(transport), str(host), int(port)))
 
 
 def die_with_parent() -> None:
