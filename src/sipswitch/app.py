@@ -366,6 +366,11 @@ async def serve_worker(spec: WorkerSpec) -> int:
     ivr = IvrApplication(settings)
     ivr.start()
     try:
-        return await pbx_server.serve_worker(spec, _applications(settings, ivr))
+        return await pbx_server.serve_worker(
+            spec,
+            _applications(settings, ivr),
+            trunks=TrunkManager(settings),
+            trunks_factory=TrunkManager,
+        )
     finally:
         ivr.stop()

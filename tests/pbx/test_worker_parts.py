@@ -47,11 +47,16 @@ def test_the_spec_goes_through_json_unchanged() -> None:
     assert Settings.model_validate_json(spec.settings).sip.workers == 1
 
 
-def test_workers_refuse_what_they_do_not_serve_yet() -> None:
+def test_workers_serve_trunks_but_not_yet_trunks_over_tls() -> None:
     assert Settings.model_validate({"sip": {"workers": 4}}).sip.workers == 4
-    with pytest.raises(ValueError, match="lines and trunks need"):
+    plain = {"name": "carrier", "host": "192.0.2.1", "transport": "udp"}
+    assert Settings.model_validate({"sip": {"workers": 2}, "trunks": [plain]}).trunks
+    with pytest.raises(ValueError, match="lines and trunks over TLS need"):
         Settings.model_validate(
-            {"sip": {"workers": 2}, "trunks": [{"name": "carrier", "host": "192.0.2.1"}]}
+            {
+                "sip": {"workers": 2},
+                "trunks": [{"name": "carrier", "host": "192.0.2.1", "transport": "tls"}],
+            }
         )
     with pytest.raises(ValueError, match="less than or equal to 16"):
         Settings.model_validate({"sip": {"workers": 17}})

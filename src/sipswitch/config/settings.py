@@ -460,8 +460,8 @@ class Settings(Section):
     def _unique_trunks(
         cls, value: list[TrunkSettings], info: ValidationInfo
     ) -> list[TrunkSettings]:
-        if value:
-            _single_process_only("lines and trunks", info)
+        if any(trunk.transport == "tls" for trunk in value):
+            _single_process_only("lines and trunks over TLS", info)
         return check_unique_names(value)
 
     @field_validator("groups")

@@ -70,6 +70,13 @@ class Trunks(TrunkService, Protocol):
 
     async def stop(self) -> None: ...
 
+    # With worker processes: the primary's trunks say where calls go, the workers' follow.
+    on_change: Callable[[], None] | None
+
+    def destinations(self) -> dict[str, Address | None]: ...
+
+    def follow(self, destinations: dict[str, Address | None]) -> None: ...
+
 
 class SipServer:
     """Everything one sipswitch process runs; ``start``/``stop`` for tests, ``run`` for serve."""
@@ -193,6 +200,7 @@ class SipServer:
                 self.location,
                 self._reload_from,
                 on_peer_unreachable=core.transactions.peer_unreachable,
+                on_trunks=self._follow_trunks,
             )
             self.calls.reachable = self.link.reachable_bindings
         elif self.keepalive is not None:
@@ -209,6 +217,8 @@ class SipServer:
             allow = [*security_settings.allow, *await self.trunks.resolve()]
             security_settings = security_settings.model_copy(update={"allow": allow})
             self.calls.trunks = self.trunks
+            if worker is not None:
+                self.trunks.follow({})  # no trunk takes calls before the primary says so
         # Bans, rate limits and scanner drops come first, before a transaction is formed.
         security = SecurityGate(security_settings, clock, core.transactions)
         core.security = security
@@ -253,8 +263,13 @@ class SipServer:
             self.worker_command,
             counts_path=str(self.counts.path) if self.counts is not None else "",
             on_worker_lost=self.counts.clear_worker if self.counts is not None else None,
+            trunks=self.trunks,
         )
         await self.pool.start()
+
+    def _follow_trunks(self, destinations: dict[str, Address | None]) -> None:
+        if self.trunks is not None:
+            self.trunks.follow(destinations)
 
     def _reload_from(self, settings: Settings) -> None:
         """A worker: the primary took new settings; take them the same way."""
@@ -361,12 +376,17 @@ class SipServer:
         new = self.trunks_factory(settings)
         try:
             trusted = await new.resolve()
-            if self.trunks is not None:
+            if self.trunks is not None and self.worker is None:  # (a worker's never started)
                 await self.trunks.stop()
             security.allow = AllowList([*self.settings.security.allow, *trusted])
             self.trunks = new
             calls.trunks = new
-            new.start(core, calls.limits)
+            if self.link is not None:  # a worker: the primary's new trunks say where calls go
+                new.follow(self.link.trunks)
+            else:
+                new.start(core, calls.limits)
+                if self.pool is not None:
+                    self.pool.follow_trunks(new)
         except Exception:
             log.exception("trunks not reloaded")
             return
@@ -406,7 +426,7 @@ class SipServer:
         if self._trunk_reload is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._trunk_reload
-        if self.trunks is not None and core is not None:
+        if self.trunks is not None and core is not None and self.worker is None:
             await self.trunks.stop()
         for task in (self._sweeper, self._certificate_watch):
             if task is not None:
@@ -501,7 +521,12 @@ async def serve(
     return 0
 
 
-async def serve_worker(spec: WorkerSpec, applications: dict[str, Application]) -> int:
+async def serve_worker(
+    spec: WorkerSpec,
+    applications: dict[str, Application],
+    trunks: Trunks | None = None,
+    trunks_factory: Callable[[Settings], Trunks] | None = None,
+) -> int:
     """Run worker process ``spec.index`` until SIGTERM (the primary's, or its death's)."""
     settings = Settings.model_validate_json(spec.settings)
     server = SipServer(
@@ -509,6 +534,8 @@ async def serve_worker(spec: WorkerSpec, applications: dict[str, Application]) -
         out=lambda line: None,
         transports=WorkerTransports(spec),
         applications=applications,
+        trunks=trunks,
+        trunks_factory=trunks_factory,
         worker=spec,
     )
     # Reloads come from the primary; a SIGHUP sent to the whole process group is not for us.

@@ -29,7 +29,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..config.settings import MediaSettings, Settings
 from ..sip.message import Request
@@ -105,6 +105,23 @@ def _binding_event(aor: str, bindings: list[Binding]) -> bytes:
     return event_frame({"bind": aor, "list": [asdict(b) for b in bindings]})
 
 
+class FollowedTrunks(Protocol):
+    """What worker processes need of the primary's trunks (``trunk.manager.TrunkManager``):
+    where each one takes calls now, and a word when that may have changed."""
+
+    on_change: Callable[[], None] | None
+
+    def destinations(self) -> dict[str, Address | None]: ...
+
+
+def _trunks_event(destinations: dict[str, Address | None]) -> bytes:
+    table = {
+        name: None if a is None else [a.transport, a.host, a.port]
+        for name, a in destinations.items()
+    }
+    return event_frame({"trunks": table})
+
+
 # --- the primary's side ---
 class StreamSteering:
     """Between the TCP/TLS transports and the security gate in the primary: a message whose
@@ -140,7 +157,10 @@ class WorkerPool:
         command: list[str],
         counts_path: str = "",
         on_worker_lost: Callable[[int], None] | None = None,
+        trunks: FollowedTrunks | None = None,
     ) -> None:
+        self.trunks = trunks
+        self._trunk_table: dict[str, Address | None] = {}
         self.settings = settings
         self.workers = settings.sip.workers
         self.transports = transports
@@ -184,6 +204,9 @@ class WorkerPool:
             self._broadcast(event_frame({"gone": [peer.transport, peer.host, peer.port]}))
 
         self.transports.set_unreachable_handler(unreachable)
+        if self.trunks is not None:
+            self.trunks.on_change = self._trunks_changed
+            self._trunk_table = self.trunks.destinations()
         try:
             for index in range(1, self.workers):
                 self._open_channel(index)
@@ -226,6 +249,8 @@ class WorkerPool:
         if self.keepalive is not None:
             for binding in self.keepalive.unreachable_bindings():
                 channel.send(event_frame({"reach": asdict(binding), "ok": False}))
+        if self.trunks is not None:
+            channel.send(_trunks_event(self._trunk_table))
         self.channels[index] = channel
 
     async def _launch(self, index: int) -> None:
@@ -363,6 +388,20 @@ class WorkerPool:
     def _binding_changed(self, aor: str, bindings: list[Binding]) -> None:
         self._broadcast(_binding_event(aor, bindings))
 
+    def _trunks_changed(self) -> None:
+        if self.trunks is None:
+            return
+        table = self.trunks.destinations()
+        if table != self._trunk_table:
+            self._trunk_table = table
+            self._broadcast(_trunks_event(table))
+
+    def follow_trunks(self, trunks: FollowedTrunks) -> None:
+        """The trunk service was replaced (a reload): follow the new one."""
+        self.trunks = trunks
+        trunks.on_change = self._trunks_changed
+        self._trunks_changed()
+
     def _reachability_changed(self, binding: Binding, reachable: bool) -> None:
         self._broadcast(event_frame({"reach": asdict(binding), "ok": reachable}))
 
@@ -476,9 +515,12 @@ class WorkerLink:
         location: LocationService,
         on_reload: Callable[[Settings], None],
         on_peer_unreachable: Callable[[Address], None] | None = None,
+        on_trunks: Callable[[dict[str, Address | None]], None] | None = None,
     ) -> None:
         self.spec = spec
         self.on_peer_unreachable = on_peer_unreachable
+        self.on_trunks = on_trunks
+        self.trunks: dict[str, Address | None] = {}  # the primary's trunk destinations
         self.transports = transports
         self.location = location
         self.on_reload = on_reload
@@ -536,6 +578,13 @@ class WorkerLink:
                 self._unreachable[key] = (binding.call_id, binding.cseq)
         elif "reload" in event:
             self.on_reload(Settings.model_validate_json(event["reload"]))
+        elif "trunks" in event:
+            self.trunks = {
+                str(name): None if a is None else Address(str(a[0]), str(a[1]), int(a[2]))
+                for name, a in event["trunks"].items()
+            }
+            if self.on_trunks is not None:
+                self.on_trunks(self.trunks)
         elif "gone" in event:
             transport, host, port = event["gone"]
             if self.on_peer_unreachable is not None:

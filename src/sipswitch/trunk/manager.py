@@ -118,6 +118,10 @@ class TrunkManager:
         self._written: str | None = None
         self._stopping = False
         self._stopped = False
+        # A worker process of a server with [sip] workers > 1 registers nothing and checks
+        # nothing: it sends calls where the primary's trunks can take them (``follow``).
+        self._followed: dict[str, Address | None] | None = None
+        self.on_change: Callable[[], None] | None = None  # the status changed (the primary)
 
     # --- TrunkService ---
     def identify(self, source: Address) -> TrunkSettings | None:
@@ -176,9 +180,7 @@ class TrunkManager:
             else "no verified certificate on its connection (client certificates are asked "
             'for with [tls] verify_clients = "optional")'
         )
-        self._refusals.warning(
-            "request from %s not taken as trunk %s: %s", source, trunk.name, why
-        )
+        self._refusals.warning("request from %s not taken as trunk %s: %s", source, trunk.name, why)
 
     def _tls_address_of(self, trunk: TrunkSettings, host: str) -> bool:
         address = self.addresses.get(trunk.name)
@@ -195,7 +197,17 @@ class TrunkManager:
 
     def destination(self, name: str) -> Address | None:
         """Where to send a call for trunk ``name``; None while it cannot take calls."""
+        if self._followed is not None:
+            return self._followed.get(name)
         return self.addresses.get(name) if self.available(name) else None
+
+    def destinations(self) -> dict[str, Address | None]:
+        """``destination`` of every trunk (what worker processes follow)."""
+        return {name: self.destination(name) for name in self.trunks}
+
+    def follow(self, destinations: dict[str, Address | None]) -> None:
+        """Take the primary process's ``destinations`` as this one's (a worker process)."""
+        self._followed = {name: destinations.get(name) for name in self.trunks}
 
     def available(self, name: str) -> bool:
         if name not in self.addresses or name in self.problems:
@@ -418,6 +430,8 @@ class TrunkManager:
         text = json.dumps({"stopped": self._stopped, "trunks": trunks})
         if text == self._written:
             return
+        if self.on_change is not None:
+            self.on_change()
         core = self._core
         document = {
             "updated": core.clock.wall() if core is not None else None,
