@@ -2,7 +2,7 @@
 primary and worker 1 by Call-ID, a callee over TCP reached from the worker through the primary,
 registrations and reloads announced to the worker, call limits counted across processes (and
 given back when a worker dies), a worker killed and started again, no worker left behind by a
-stopped or killed primary, and the settings that need one process refused with their line.
+stopped or killed primary, and a TLS trunk (which needs one process) refused with its line.
 
 Calls land on a chosen process by their Call-ID: SIPp's ``-cid_str`` or the raw caller of
 ``sip_uac``, with Call-IDs picked by ``owner_of_call_id``."""
@@ -414,12 +414,20 @@ def test_a_reloaded_ring_group_is_called_by_the_worker(
     assert "[worker 1] sipswitch: settings reloaded:" in server.log_text()
 
 
-def test_trunks_with_workers_are_refused_with_their_line(sipswitch_server: ServerFactory) -> None:
+def test_tls_trunks_with_workers_are_refused_with_their_line(
+    sipswitch_server: ServerFactory,
+) -> None:
+    """Workers serve trunks over UDP and TCP; one over TLS still needs a single process."""
     trunk = '[[trunks]]\nname = "carrier"\nhost = "127.0.0.1"\n'
     server = sipswitch_server(users={}, workers=WORKERS, extra_config=trunk, start=False)
+    done = server.cli("check-config")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with server.config_path.open("a") as config:
+        config.write('transport = "tls"\n')
     line = server.config_path.read_text().splitlines().index("[[trunks]]") + 1
     done = server.cli("check-config")
     assert done.returncode == 1, done.stdout + done.stderr
     assert (
-        f"sipswitch.toml:{line}: trunks: lines and trunks need [sip] workers = 1" in done.stderr
+        f"sipswitch.toml:{line}: trunks: lines and trunks over TLS need [sip] workers = 1"
+        in done.stderr
     ), done.stderr
