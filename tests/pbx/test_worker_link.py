@@ -1,15 +1,15 @@
 """A worker's end of its channel (``WorkerLink``) fed by the primary's ``WorkerPool`` over a
 real socket pair, in one process: registrations (one address's change, the whole table a new
 worker gets first), phones' reachability and its clean-up when a binding goes, reloaded
-settings, messages handed over on UDP and TCP, a worker's TCP sent through the primary; and
-``StreamSteering`` choosing the process of a TCP message."""
+settings, where the trunks take calls, messages handed over on UDP and TCP, a worker's TCP sent
+through the primary; and ``StreamSteering`` choosing the process of a TCP message."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 import pytest
@@ -77,6 +77,7 @@ class Linked:
     link: WorkerLink
     worker_sink: RecordingSink  # what reaches the worker's core
     reloads: list[Settings]
+    trunk_tables: list[dict[str, Address | None]]  # as the worker was told them
 
 
 @contextlib.asynccontextmanager
@@ -114,12 +115,13 @@ async def linked_worker(before: list[Binding]) -> AsyncIterator[Linked]:
     await worker_transports.start([], 0, 0)
     replica = LocationService(None, lambda: NOW, replica=True)
     reloads: list[Settings] = []
-    link = WorkerLink(spec, worker_transports, replica, reloads.append)
+    trunk_tables: list[dict[str, Address | None]] = []
+    link = WorkerLink(spec, worker_transports, replica, reloads.append, None, trunk_tables.append)
     link.start()
     try:
         yield Linked(
             pool, transports, primary, primary_sink, worker_transports, replica, link,
-            worker_sink, reloads,
+            worker_sink, reloads, trunk_tables,
         )  # fmt: skip
     finally:
         link.close()
@@ -215,6 +217,34 @@ async def test_reloaded_settings_reach_the_worker(linked: Linked) -> None:
     assert linked.reloads[0] == Settings.model_validate_json(new.model_dump_json())
     assert [g.number for g in linked.reloads[0].groups] == ["600"]
     assert linked.pool.settings is new
+
+
+class Trunks:
+    """Where the primary's trunks take calls, as ``TrunkManager.destinations`` says."""
+
+    def __init__(self, table: dict[str, Address | None]) -> None:
+        self.table = table
+        self.on_change: Callable[[], None] | None = None
+
+    def destinations(self) -> dict[str, Address | None]:
+        return dict(self.table)
+
+
+async def test_where_trunks_take_calls_reaches_the_worker_when_it_changes(
+    linked: Linked,
+) -> None:
+    carrier = Address("udp", "192.0.2.50", 5060)
+    trunks = Trunks({"carrier": carrier, "backup": None})
+    linked.pool.follow_trunks(trunks)
+    await wait_until(lambda: len(linked.trunk_tables) == 1)
+    assert linked.link.trunks == {"carrier": carrier, "backup": None}
+    assert trunks.on_change is not None
+    trunks.on_change()  # nothing changed: nothing is sent
+    trunks.table["carrier"] = None  # down
+    trunks.table["backup"] = Address("tcp", "192.0.2.51", 5080)
+    trunks.on_change()
+    await wait_until(lambda: len(linked.trunk_tables) == 2)
+    assert linked.trunk_tables[-1] == trunks.table == linked.link.trunks
 
 
 # --- messages ---
