@@ -1,10 +1,11 @@
 """Benchmark of sipswitch with SIPp on this machine (all traffic on 127.0.0.1), with Kamailio
 as the reference: authenticated REGISTER/s, calls/s through the B2BUA with response times (in
-one process, and with ``[sip] workers`` = the CPUs: ``--workers``), CPU and memory of the server, memory with 100,000 registrations, and the IVR: how many calls
-at the auto attendant (800) one server keeps hearing its prompts with an RTP jitter p99 under
-5 ms at the receiver (and, as a reference, bench/media_bench.py's media sessions alone), and
-the media relay: concurrent relayed G.711 calls under 0.1 % packet loss with the latency the
-relay adds, for the in-process relay and for rtpengine (bench/relay_bench.py).
+one process, and with ``[sip] workers`` = the CPUs: ``--workers``), CPU and memory of the
+server, memory with 100,000 registrations, and the IVR: how many calls at the auto attendant
+(800) one server keeps hearing its prompts with an RTP jitter p99 under 5 ms at the receiver
+(and, as a reference, bench/media_bench.py's media sessions alone), and the media relay:
+concurrent relayed G.711 calls under 0.1 % packet loss with the latency the relay adds, for
+the in-process relay and for rtpengine (bench/relay_bench.py).
 
 Prints a table and writes ``bench-results/bench.json``. Every SIPp run is bounded by a call
 count and a time-out. ``--quick`` makes every step short (numbers are then rough)."""
@@ -429,23 +430,7 @@ def bench_sipswitch(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
         out["register"] = registers.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
 
         log("calls/s: SIPp caller -> sipswitch (digest) -> SIPp callee, call length 0")
-        calls, _ = calls_phase(
-            server.remote,
-            workdir,
-            plan.call_rates,
-            plan.step_s,
-            scenario="uac_call",
-            caller_password=server.users[CALLER],
-            callee_port=free_port(),
-            register_callee=server,
-            label="calls",
-        )
-        cpu2 = tree_cpu_seconds(pid)
-        out["calls"] = calls.as_dict() | {"cpu_s": round(cpu2 - cpu1, 2)}
-        successful_calls = sum(s.successful for s in calls.steps)
-        out["calls"]["cpu_ms_per_call"] = (
-            round((cpu2 - cpu1) * 1000 / successful_calls, 3) if successful_calls else None
-        )
+        out["calls"] = sipswitch_calls(server, workdir, plan.call_rates, plan.step_s, "calls")
         out["memory_after_load"] = memory_mb(pid)
 
         # Load at 80 % of what the server sustained, but finish within about five minutes.
@@ -456,6 +441,31 @@ def bench_sipswitch(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
         out["memory_end"] = memory_mb(pid)
     finally:
         out["exit_code"] = server.stop(check=False)
+
+
+def sipswitch_calls(
+    server: SipswitchServer, workdir: Path, rates: list[int], step_s: float, label: str
+) -> dict[str, Any]:
+    """The calls/s sweep against a running server, with the CPU of its process tree."""
+    pid = server.pid or 0
+    cpu0 = tree_cpu_seconds(pid)
+    calls, _ = calls_phase(
+        server.remote,
+        workdir,
+        rates,
+        step_s,
+        scenario="uac_call",
+        caller_password=server.users[CALLER],
+        callee_port=free_port(),
+        register_callee=server,
+        label=label,
+    )
+    cpu1 = tree_cpu_seconds(pid)
+    successful = sum(s.successful for s in calls.steps)
+    return calls.as_dict() | {
+        "cpu_s": round(cpu1 - cpu0, 2),
+        "cpu_ms_per_call": round((cpu1 - cpu0) * 1000 / successful, 3) if successful else None,
+    }
 
 
 def bench_workers(plan: Plan, workdir: Path, workers: int) -> dict[str, Any]:
@@ -470,25 +480,11 @@ def bench_workers(plan: Plan, workdir: Path, workers: int) -> dict[str, Any]:
     )
     server.add_extensions()
     server.start()
-    pid = server.pid or 0
     out: dict[str, Any] = {"workers": workers}
     try:
-        cpu0 = tree_cpu_seconds(pid)
-        calls, _ = calls_phase(
-            server.remote,
-            workdir,
-            plan.worker_call_rates,
-            plan.step_s,
-            scenario="uac_call",
-            caller_password=server.users[CALLER],
-            callee_port=free_port(),
-            register_callee=server,
-            label=f"calls-{workers}-workers",
+        out |= sipswitch_calls(
+            server, workdir, plan.worker_call_rates, plan.step_s, f"calls-{workers}-workers"
         )
-        cpu1 = tree_cpu_seconds(pid)
-        out |= calls.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
-        successful = sum(s.successful for s in calls.steps)
-        out["cpu_ms_per_call"] = round((cpu1 - cpu0) * 1000 / successful, 3) if successful else None
     finally:
         out["exit_code"] = server.stop(check=False)
     return out

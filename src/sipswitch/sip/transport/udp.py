@@ -151,14 +151,18 @@ class UdpTransport(asyncio.DatagramProtocol):
         """Send one datagram. False when closed or when the destination is not an IP literal of
         this socket's family (names are resolved above the transport, never here)."""
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or not self._sendable(destination):
             return False
+        transport.sendto(data, (destination.host, destination.port))
+        return True
+
+    def _sendable(self, destination: Address) -> bool:
+        """Whether ``destination`` is an IP literal of this socket's family."""
         try:
             socket.inet_pton(self.family, destination.host)
         except OSError:
             log.warning("%s: cannot send to %s", self.local, destination)
             return False
-        transport.sendto(data, (destination.host, destination.port))
         return True
 
     def close(self) -> None:
@@ -189,12 +193,7 @@ class SendOnlyUdp(UdpTransport):
 
     def send(self, data: bytes, destination: Address) -> bool:
         sock = self._sock
-        if sock is None:
-            return False
-        try:
-            socket.inet_pton(self.family, destination.host)
-        except OSError:
-            log.warning("%s: cannot send to %s", self.local, destination)
+        if sock is None or not self._sendable(destination):
             return False
         try:
             sock.sendto(data, (destination.host, destination.port))
