@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 from ..config.settings import MediaSettings, Settings
 from ..sip.message import Request
-from ..sip.parser import MessageError, parse_datagram
-from ..sip.transport.base import Address, MessageSink
+from ..sip.parser import MessageError
+from ..sip.transport.base import Address, MessageSink, deliver_whole
 from ..sip.transport.manager import BoundAddresses, TransportManager
 from ..sip.transport.steering import (
     Channel,
@@ -496,12 +496,7 @@ class WorkerTransports(TransportManager):
             local = self.bound[index]
         else:
             local = Address(transport, "::" if ":" in host else "0.0.0.0", 0)
-        try:
-            message = parse_datagram(payload)
-        except MessageError as error:
-            sink.on_parse_error(error, source, local)
-            return
-        sink.on_message(message, source, local)
+        deliver_whole(sink, payload, source, local)
 
 
 class WorkerLink:

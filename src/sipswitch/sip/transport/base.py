@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..message import Message
-from ..parser import MessageError
+from ..parser import MessageError, parse_datagram
 
 RELIABLE = frozenset({"tcp", "tls", "ws", "wss"})
 
@@ -42,6 +42,17 @@ class MessageSink(Protocol):
     def on_message(self, message: Message, source: Address, local: Address) -> None: ...
 
     def on_parse_error(self, error: MessageError, source: Address, local: Address) -> None: ...
+
+
+def deliver_whole(sink: MessageSink, data: bytes, source: Address, local: Address) -> None:
+    """Parse one whole message (a datagram, or a framed stream message handed on) and give it,
+    or its parse error, to ``sink``."""
+    try:
+        message = parse_datagram(data)
+    except MessageError as error:
+        sink.on_parse_error(error, source, local)
+        return
+    sink.on_message(message, source, local)
 
 
 class Transport(Protocol):

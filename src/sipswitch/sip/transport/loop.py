@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..clock import Clock
-from ..parser import MessageError, parse_datagram
-from .base import Address, MessageSink
+from .base import Address, MessageSink, deliver_whole
 
 LossPredicate = Callable[[Address, Address, bytes], bool]
 
@@ -108,12 +107,7 @@ class LoopNetwork:
         if sink is None:
             return
         self.delivered += 1
-        try:
-            message = parse_datagram(data)
-        except MessageError as error:
-            sink.on_parse_error(error, source, destination)
-            return
-        sink.on_message(message, source, destination)
+        deliver_whole(sink, data, source, destination)
 
 
 class LoopTransport:
