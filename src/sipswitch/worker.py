@@ -16,7 +16,7 @@ from .pbx.workers import WorkerSpec, die_with_parent
 
 def main() -> int:
     spec = WorkerSpec.from_json(sys.stdin.read())
-    die_with_parent()
+    die_with_parent(spec.parent)
     settings = Settings.model_validate_json(spec.settings)
     logging.basicConfig(
         level=settings.log.level.upper(),

@@ -73,6 +73,7 @@ class WorkerSpec:
     secret: str  # hex: the digest nonce secret
     settings: str  # JSON of the settings in use
     counts: str = ""  # path of the shared call counts ("" when none)
+    parent: int = 0  # the primary's pid
     fds: list[int] = field(default_factory=list)  # every descriptor handed over
 
     def to_json(self) -> str:
@@ -266,6 +267,7 @@ class WorkerPool:
             secret=self.secret.hex(),
             settings=self.settings.model_dump_json(),
             counts=self.counts_path,
+            parent=os.getpid(),
         )
         spec.fds = [theirs.fileno(), *udp_fds.values()]
         try:
@@ -586,9 +588,9 @@ class WorkerLink:
                 self.on_peer_unreachable(Address(str(transport), str(host), int(port)))
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """Ask the kernel to end this process when the primary ends (Linux ``PR_SET_PDEATHSIG``),
-    so no worker outlives a primary killed with SIGKILL."""
+    so no worker outlives a primary killed with SIGKILL; end now if it already has."""
     try:
         import ctypes
 
@@ -596,5 +598,5 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         log.debug("cannot ask to die with the primary")
-    if os.getppid() == 1:
+    if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)

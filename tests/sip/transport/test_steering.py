@@ -11,6 +11,7 @@ import pytest
 from sipswitch.sip.dialog import new_call_id, set_call_id_prefix
 from sipswitch.sip.parser import parse_datagram
 from sipswitch.sip.transport.steering import (
+    FRAME_LIMIT,
     MAX_QUEUED,
     Channel,
     call_id_prefix,
@@ -115,9 +116,11 @@ async def test_a_channel_carries_frames_both_ways_in_order() -> None:
     b.start()
     try:
         big = b"x" * 65_600  # a message of the largest size plus its frame header
-        frames = [f"frame {n}".encode() for n in range(500)] + [big]
+        event = b"E" + b"b" * 200_000  # an extension's many bindings
+        frames = [f"frame {n}".encode() for n in range(500)] + [big, event]
         for frame in frames:
             assert a.send(frame)
+        assert not a.send(b"z" * (FRAME_LIMIT + 1))  # refused whole, never cut short
         b.send(b"back")
         for _ in range(200):
             if len(got_b) == len(frames) and got_a:

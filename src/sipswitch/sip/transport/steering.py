@@ -31,7 +31,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 16
-FRAME_LIMIT = 70_000  # a message (at most 65,535 octets) and its frame header
+# The largest frame: a message (at most 65,535 octets) with its frame header, or an event (one
+# extension's bindings: up to its max_contacts of them). A longer one is refused, not cut.
+FRAME_LIMIT = 256 * 1024
 CHANNEL_BUFFER = 4 * 1024 * 1024
 MAX_QUEUED = 4096  # frames waiting for a busy peer before new ones are dropped
 _READ_BATCH = 128  # frames read per wake-up before other callbacks get their turn
@@ -107,6 +109,8 @@ class Channel:
                 pass
         self.sock = sock
         self.on_frame = on_frame
+        self._buffer = bytearray(FRAME_LIMIT)  # read into, then copied out at its length
+        self._view = memoryview(self._buffer)
         self._queue: collections.deque[bytes] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.dropped = 0
@@ -122,6 +126,9 @@ class Channel:
 
     def send(self, frame: bytes) -> bool:
         if self.closed:
+            return False
+        if len(frame) > FRAME_LIMIT:
+            log.error("a frame of %d octets is over the channel's limit: not sent", len(frame))
             return False
         if self._queue:
             return self._enqueue(frame)
@@ -158,10 +165,10 @@ class Channel:
             self._loop.remove_writer(self.sock.fileno())
 
     def _readable(self) -> None:
-        recv = self.sock.recv
+        recv_into, view = self.sock.recv_into, self._view
         for _ in range(_READ_BATCH):
             try:
-                frame = recv(FRAME_LIMIT)
+                frame = bytes(view[: recv_into(view)])
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
