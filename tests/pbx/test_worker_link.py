@@ -81,10 +81,12 @@ class Linked:
 
 
 @contextlib.asynccontextmanager
-async def linked_worker(before: list[Binding]) -> AsyncIterator[Linked]:
+async def linked_worker(
+    before: list[Binding], security: dict[str, object] | None = None
+) -> AsyncIterator[Linked]:
     """Worker 1 of 2 on the far end of a channel the pool opened (as ``WorkerPool.start`` does,
     without a process), the primary holding ``before`` already."""
-    settings = Settings.model_validate({"sip": {"workers": 2}})
+    settings = Settings.model_validate({"sip": {"workers": 2}, "security": security or {}})
     primary = LocationService(None, lambda: NOW)
     for one in before:
         register(primary, one)
@@ -333,3 +335,22 @@ async def test_a_workers_tcp_goes_out_on_the_primarys_connection(linked: Linked)
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_the_primary_counts_the_rate_of_requests_it_hands_over() -> None:
+    """The primary sees every request of a source, so its rate limit counts them all (a worker
+    sees only its share); responses are not counted."""
+    async with linked_worker([], {"allow": [], "rate_limit": 5, "rate_burst": 5}) as linked:
+        [udp] = linked.transports.udp
+        assert udp.steer is not None
+        flooder = ("192.0.2.50", 5060)
+        invites = [request("INVITE", _owned_call_id(1, f"flood-{n}")) for n in range(20)]
+        assert all(udp.steer(data, flooder) for data in invites)  # none left to the primary
+        assert linked.pool.handed_over == 5
+        assert linked.pool.security.dropped_rate == 15
+        response = (
+            b"SIP/2.0 180 Ringing\r\nCall-ID: " + _owned_call_id(1, "r").encode() + b"\r\n\r\n"
+        )
+        assert all(udp.steer(response, flooder) for _ in range(10))
+        assert linked.pool.handed_over == 15
+        await linked.worker_sink.wait_for(messages=15)

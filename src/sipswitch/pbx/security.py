@@ -141,6 +141,15 @@ class SecurityGate(MessageSink):
                 return False
         return True
 
+    def admit_source(self, host: str) -> bool:
+        """The checks that need only the source (bans, the rate limit) for a request handed
+        unparsed to a worker process: the primary sees every request, so its count per source
+        is the whole one."""
+        if self._bans and self.banned(host):
+            self.dropped_banned += 1
+            return False
+        return not self.rate or self._within_rate(host)
+
     def admit_connection(self, host: str) -> bool:
         """Whether a TCP/TLS connection from ``host`` may be accepted (not banned)."""
         if self._bans and self.banned(host):

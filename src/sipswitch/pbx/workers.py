@@ -355,7 +355,7 @@ class WorkerPool:
         index = self._bound_index[udp.local]
         workers = self.workers
         channels = self.channels
-        banned = self.security.banned
+        admit_source = self.security.admit_source
 
         def steer(data: bytes, addr: tuple[str | int, ...]) -> bool:
             owner = owner_of(data, workers)
@@ -365,8 +365,8 @@ class WorkerPool:
             if channel is None:  # a worker given up on: the primary serves its share
                 return False
             host = str(addr[0])
-            if banned(host):
-                return True
+            if not data.startswith(b"SIP/") and not admit_source(host):
+                return True  # a request from a banned or flooding source: dropped here
             self.handed_over += 1
             channel.send(message_frame(data, "udp", host, int(addr[1]), index))
             return True
