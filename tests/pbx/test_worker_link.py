@@ -29,7 +29,7 @@ from sipswitch.sip.clock import VirtualClock
 from sipswitch.sip.parser import parse_datagram
 from sipswitch.sip.transport.base import Address
 from sipswitch.sip.transport.manager import TransportManager
-from sipswitch.sip.transport.steering import owner_of_call_id
+from sipswitch.sip.transport.steering import message_frame, owner_of_call_id
 from sipswitch.store import Binding
 
 from ..sip.transport.support import RecordingSink, request, wait_until
@@ -354,3 +354,22 @@ async def test_the_primary_counts_the_rate_of_requests_it_hands_over() -> None:
         assert all(udp.steer(response, flooder) for _ in range(10))
         assert linked.pool.handed_over == 15
         await linked.worker_sink.wait_for(messages=15)
+
+
+async def test_a_tls_peers_certificate_identities_come_with_its_messages(linked: Linked) -> None:
+    """A worker holds no TLS connection: it recognises a TLS trunk by the names the primary
+    found in the certificate of the connection the message came on."""
+    peer = Address("tls", "192.0.2.9", 40111)
+    names = frozenset({"carrier.example"})
+    transports = linked.worker_transports
+    transports.deliver(
+        message_frame(request("OPTIONS", "t-1"), "tls", peer.host, peer.port, -1, names)
+    )
+    assert transports.peer_identities(peer) == names
+    message, source, local = linked.worker_sink.messages[-1]
+    assert message.call_id == "t-1" and source == peer
+    assert local == Address("tls", "0.0.0.0", 0)  # a connection made from no listener
+    # A new connection from that address and port without a verified certificate.
+    transports.deliver(message_frame(request("OPTIONS", "t-2"), "tls", peer.host, peer.port, -1))
+    assert transports.peer_identities(peer) == frozenset()
+    assert transports.peer_identities(Address("tls", "192.0.2.9", 1)) == frozenset()

@@ -47,16 +47,10 @@ def test_the_spec_goes_through_json_unchanged() -> None:
     assert Settings.model_validate_json(spec.settings).sip.workers == 1
 
 
-def test_workers_serve_trunks_but_not_yet_trunks_over_tls() -> None:
+def test_workers_serve_trunks_and_at_most_sixteen() -> None:
     assert Settings.model_validate({"sip": {"workers": 4}}).sip.workers == 4
-    plain = {"name": "carrier", "host": "192.0.2.1", "transport": "udp"}
-    assert Settings.model_validate({"sip": {"workers": 2}, "trunks": [plain]}).trunks
-    with pytest.raises(ValueError, match="lines and trunks over TLS need"):
-        Settings.model_validate(
-            {
-                "sip": {"workers": 2},
-                "trunks": [{"name": "carrier", "host": "192.0.2.1", "transport": "tls"}],
-            }
-        )
+    for transport in ("udp", "tcp", "tls"):
+        trunk = {"name": "carrier", "host": "192.0.2.1", "transport": transport}
+        assert Settings.model_validate({"sip": {"workers": 2}, "trunks": [trunk]}).trunks
     with pytest.raises(ValueError, match="less than or equal to 16"):
         Settings.model_validate({"sip": {"workers": 17}})

@@ -457,11 +457,7 @@ class Settings(Section):
 
     @field_validator("trunks")
     @classmethod
-    def _unique_trunks(
-        cls, value: list[TrunkSettings], info: ValidationInfo
-    ) -> list[TrunkSettings]:
-        if any(trunk.transport == "tls" for trunk in value):
-            _single_process_only("lines and trunks over TLS", info)
+    def _unique_trunks(cls, value: list[TrunkSettings]) -> list[TrunkSettings]:
         return check_unique_names(value)
 
     @field_validator("groups")
@@ -484,14 +480,6 @@ class Settings(Section):
             return self.data_dir / "xml"
         path = Path(self.ivr.xml_dir).expanduser()
         return path if path.is_absolute() else self.data_dir / path
-
-
-def _single_process_only(feature: str, info: ValidationInfo) -> None:
-    sip = info.data.get("sip")
-    if isinstance(sip, SipSettings) and sip.workers > 1:
-        raise ValueError(
-            f"{feature} need [sip] workers = 1 (worker processes do not serve them yet)"
-        )
 
 
 def load_settings(config_path: Path | None, data_dir: Path | None = None) -> Settings:

@@ -77,6 +77,8 @@ class Trunks(TrunkService, Protocol):
 
     def follow(self, destinations: dict[str, Address | None]) -> None: ...
 
+    def recognise_tls_by(self, identities: Callable[[Address], frozenset[str]]) -> None: ...
+
 
 class SipServer:
     """Everything one sipswitch process runs; ``start``/``stop`` for tests, ``run`` for serve."""
@@ -219,6 +221,8 @@ class SipServer:
             self.calls.trunks = self.trunks
             if worker is not None:
                 self.trunks.follow({})  # no trunk takes calls before the primary says so
+                assert isinstance(self.transports, WorkerTransports)
+                self.trunks.recognise_tls_by(self.transports.peer_identities)
         # Bans, rate limits and scanner drops come first, before a transaction is formed.
         security = SecurityGate(security_settings, clock, core.transactions)
         core.security = security
@@ -383,6 +387,7 @@ class SipServer:
             calls.trunks = new
             if self.link is not None:  # a worker: the primary's new trunks say where calls go
                 new.follow(self.link.trunks)
+                new.recognise_tls_by(self.link.transports.peer_identities)
             else:
                 new.start(core, calls.limits)
                 if self.pool is not None:

@@ -39,6 +39,7 @@ from ..sip.transport.manager import BoundAddresses, TransportManager
 from ..sip.transport.steering import (
     Channel,
     event_frame,
+    frame_identities,
     message_frame,
     owner_of,
     owner_of_call_id,
@@ -58,6 +59,7 @@ STOP_TIMEOUT = 10.0  # after SIGTERM, before SIGKILL
 RESPAWN_DELAY = 1.0
 MAX_QUICK_DEATHS = 3  # deaths within QUICK_DEATH seconds of a start before giving up on one
 QUICK_DEATH = 10.0
+MAX_TLS_PEERS = 10_000  # TLS peers whose certificate identities a worker remembers
 SNAPSHOT_CHUNK = 30_000  # octets of bindings per event when a worker gets the whole table
 
 
@@ -378,8 +380,14 @@ class WorkerPool:
         if channel is None:
             return False
         index = self._bound_index.get(local, -1)  # -1: a connection made from no listener
+        tls = self.transports.tls
+        names = (
+            tls.peer_identities(source)
+            if tls is not None and source.transport == "tls"
+            else frozenset()
+        )
         self.handed_over += 1
-        channel.send(message_frame(data, source.transport, source.host, source.port, index))
+        channel.send(message_frame(data, source.transport, source.host, source.port, index, names))
         return True
 
     def _broadcast(self, frame: bytes) -> None:
@@ -458,6 +466,9 @@ class WorkerTransports(TransportManager):
         self.spec = spec
         self.channel: Channel | None = None
         self._udp_at: dict[int, UdpTransport] = {}
+        # What the certificates of the primary's TLS connections name, per peer, as the
+        # primary told with their messages (bounded: peers come and go).
+        self._identities: dict[Address, frozenset[str]] = {}
 
     async def start(self, listen: list[str], udp_port: int, tcp_port: int) -> None:
         self.bound = BoundAddresses(Address(t, h, p) for t, h, p in self.spec.bound)
@@ -481,6 +492,10 @@ class WorkerTransports(TransportManager):
             send_frame(data, destination.transport, destination.host, destination.port)
         )
 
+    def peer_identities(self, peer: Address) -> frozenset[str]:
+        """What the verified certificate of the primary's connection with ``peer`` names."""
+        return self._identities.get(peer, frozenset())
+
     def deliver(self, frame: bytes) -> None:
         """An ``M`` frame from the primary: a message as if read from its socket."""
         fields, payload = split_frame(frame)
@@ -494,6 +509,12 @@ class WorkerTransports(TransportManager):
         if sink is None:
             return
         source = Address(transport, host, port)
+        if transport == "tls":
+            names = frame_identities(fields)
+            if names or source in self._identities:
+                if len(self._identities) >= MAX_TLS_PEERS:
+                    self._identities.clear()
+                self._identities[source] = names
         if 0 <= index < len(self.bound):
             local = self.bound[index]
         else:

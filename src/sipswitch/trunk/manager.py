@@ -122,6 +122,7 @@ class TrunkManager:
         # nothing: it sends calls where the primary's trunks can take them (``follow``).
         self._followed: dict[str, Address | None] | None = None
         self.on_change: Callable[[], None] | None = None  # the status changed (the primary)
+        self._identities: Callable[[Address], frozenset[str]] | None = None
 
     # --- TrunkService ---
     def identify(self, source: Address) -> TrunkSettings | None:
@@ -150,10 +151,17 @@ class TrunkManager:
         return None
 
     def _peer_identities(self, source: Address) -> frozenset[str]:
-        tls = self.tls
-        if tls is None or source.transport != "tls":
+        if source.transport != "tls":
             return frozenset()
-        return tls.peer_identities(source)
+        if self._identities is not None:
+            return self._identities(source)
+        tls = self.tls
+        return tls.peer_identities(source) if tls is not None else frozenset()
+
+    def recognise_tls_by(self, identities: Callable[[Address], frozenset[str]]) -> None:
+        """Where the certificate identities of a TLS peer come from when this process holds no
+        TLS connection (a worker process: the primary tells them with each message)."""
+        self._identities = identities
 
     def _identify_by_certificate(self, source: Address) -> TrunkSettings | None:
         """The first TLS trunk whose host the verified certificate of ``source``'s connection

@@ -17,6 +17,7 @@ from sipswitch.sip.transport.steering import (
     call_id_prefix,
     event_frame,
     find_call_id,
+    frame_identities,
     message_frame,
     owner_of,
     owner_of_call_id,
@@ -103,6 +104,11 @@ def test_frames_carry_the_message_its_source_and_the_listening_socket() -> None:
     fields, payload = split_frame(send_frame(data, "tcp", "192.0.2.1", 40000))
     assert fields == ["tcp", "192.0.2.1", "40000"] and payload == data
     assert event_frame({"ready": 1}) == b'E{"ready":1}'
+    names = frozenset({"sip:carrier.example", "carrier.example", "odd, name %"})
+    fields, payload = split_frame(message_frame(data, "tls", "192.0.2.1", 5061, 1, names))
+    assert fields[:4] == ["tls", "192.0.2.1", "5061", "1"] and payload == data
+    assert frame_identities(fields) == names
+    assert frame_identities(split_frame(message_frame(data, "tls", "h", 1, 0))[0]) == frozenset()
     with pytest.raises(ValueError):
         split_frame(b"M no newline here")
 

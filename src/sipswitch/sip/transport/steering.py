@@ -27,6 +27,7 @@ import socket
 import zlib
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, unquote
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,36 @@ def owner_of(data: bytes, workers: int) -> int:
 
 
 # --- frames ---
-def message_frame(data: bytes, transport: str, host: str, port: int, local_index: int) -> bytes:
-    return b"M %s %s %d %d\n%s" % (transport.encode(), host.encode(), port, local_index, data)
+def message_frame(
+    data: bytes,
+    transport: str,
+    host: str,
+    port: int,
+    local_index: int,
+    identities: frozenset[str] = frozenset(),
+) -> bytes:
+    """``identities``: what the verified certificate of a TLS connection names (the worker
+    recognises TLS trunks by it)."""
+    names = (
+        b" " + ",".join(quote(n, safe="") for n in sorted(identities)).encode()
+        if identities
+        else b""
+    )
+    return b"M %s %s %d %d%s\n%s" % (
+        transport.encode(),
+        host.encode(),
+        port,
+        local_index,
+        names,
+        data,
+    )
+
+
+def frame_identities(fields: list[str]) -> frozenset[str]:
+    """The certificate identities an ``M`` frame's header carries."""
+    if len(fields) < 5 or not fields[4]:
+        return frozenset()
+    return frozenset(unquote(n) for n in fields[4].split(","))
 
 
 def send_frame(data: bytes, transport: str, host: str, port: int) -> bytes:
