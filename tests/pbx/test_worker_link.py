@@ -373,3 +373,17 @@ async def test_a_tls_peers_certificate_identities_come_with_its_messages(linked:
     transports.deliver(message_frame(request("OPTIONS", "t-2"), "tls", peer.host, peer.port, -1))
     assert transports.peer_identities(peer) == frozenset()
     assert transports.peer_identities(Address("tls", "192.0.2.9", 1)) == frozenset()
+
+
+async def test_a_circular_hunt_moved_anywhere_moves_everywhere(linked: Linked) -> None:
+    """An answer in a worker moves the group's hunt position in the primary and in every
+    worker; one in the primary is told to the workers."""
+    at_primary: list[tuple[str, int]] = []
+    at_worker: list[tuple[str, int]] = []
+    linked.pool.hunt = lambda group, position: at_primary.append((group, position))
+    linked.link.on_hunt = lambda group, position: at_worker.append((group, position))
+    linked.link.report_hunt("600", 2)
+    await wait_until(lambda: at_primary == [("600", 2)] and at_worker == [("600", 2)])
+    linked.pool.hunt_moved("601", 1)
+    await wait_until(lambda: at_worker == [("600", 2), ("601", 1)])
+    assert at_primary == [("600", 2)]

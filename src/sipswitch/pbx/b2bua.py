@@ -1370,6 +1370,9 @@ class CallManager:
         self.directory = router.directory
         self.store = store
         self._hunt_positions: dict[str, int] = {}
+        # Told (group, position) when an answer moves a circular hunt (worker processes
+        # share the positions: ``pbx.workers``).
+        self.on_hunt_moved: Callable[[str, int], None] | None = None
         self.applications: dict[str, Application] = {}
         media = core.settings.media
         self.ports = PortAllocator(media.rtp_port_min, media.rtp_port_max)
@@ -1652,6 +1655,12 @@ class CallManager:
     def hunt_answered(self, group: str, member_index: int) -> None:
         """Circular hunting starts after the member who answered last."""
         self._hunt_positions[group] = member_index + 1
+        if self.on_hunt_moved is not None:
+            self.on_hunt_moved(group, member_index + 1)
+
+    def set_hunt_position(self, group: str, position: int) -> None:
+        """Where circular hunting of ``group`` starts, as another process moved it."""
+        self._hunt_positions[group] = position
 
     def hangup_all(self) -> None:
         for call in list(self.calls):

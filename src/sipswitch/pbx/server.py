@@ -203,7 +203,9 @@ class SipServer:
                 self._reload_from,
                 on_peer_unreachable=core.transactions.peer_unreachable,
                 on_trunks=self._follow_trunks,
+                on_hunt=self.calls.set_hunt_position,
             )
+            self.calls.on_hunt_moved = self.link.report_hunt
             self.calls.reachable = self.link.reachable_bindings
         elif self.keepalive is not None:
             self.calls.reachable = self.keepalive.reachable_bindings
@@ -268,7 +270,10 @@ class SipServer:
             counts_path=str(self.counts.path) if self.counts is not None else "",
             on_worker_lost=self.counts.clear_worker if self.counts is not None else None,
             trunks=self.trunks,
+            hunt=self.calls.set_hunt_position if self.calls is not None else None,
         )
+        if self.calls is not None:
+            self.calls.on_hunt_moved = self.pool.hunt_moved
         await self.pool.start()
 
     def _follow_trunks(self, destinations: dict[str, Address | None]) -> None:

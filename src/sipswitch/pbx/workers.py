@@ -161,8 +161,10 @@ class WorkerPool:
         counts_path: str = "",
         on_worker_lost: Callable[[int], None] | None = None,
         trunks: FollowedTrunks | None = None,
+        hunt: Callable[[str, int], None] | None = None,
     ) -> None:
         self.trunks = trunks
+        self.hunt = hunt  # sets a circular hunt's position in the primary's calls
         self._trunk_table: dict[str, Address | None] = {}
         self.settings = settings
         self.workers = settings.sip.workers
@@ -398,6 +400,10 @@ class WorkerPool:
     def _binding_changed(self, aor: str, bindings: list[Binding]) -> None:
         self._broadcast(_binding_event(aor, bindings))
 
+    def hunt_moved(self, group: str, position: int) -> None:
+        """A circular hunt moved (in the primary or a worker): every worker takes it."""
+        self._broadcast(event_frame({"hunt": [group, position]}))
+
     def _trunks_changed(self) -> None:
         if self.trunks is None:
             return
@@ -426,6 +432,11 @@ class WorkerPool:
             event = json.loads(frame[1:])
             if "ready" in event:
                 self._worker_ready(index, channel)
+            elif "hunt" in event:  # a worker's answer moved a circular hunt
+                group, position = str(event["hunt"][0]), int(event["hunt"][1])
+                if self.hunt is not None:
+                    self.hunt(group, position)
+                self.hunt_moved(group, position)
             elif "ban" in event:
                 self.security.ban(
                     str(event["ban"]),
@@ -534,7 +545,9 @@ class WorkerLink:
         on_reload: Callable[[Settings], None],
         on_peer_unreachable: Callable[[Address], None] | None = None,
         on_trunks: Callable[[dict[str, Address | None]], None] | None = None,
+        on_hunt: Callable[[str, int], None] | None = None,
     ) -> None:
+        self.on_hunt = on_hunt
         self.spec = spec
         self.on_peer_unreachable = on_peer_unreachable
         self.on_trunks = on_trunks
@@ -556,6 +569,10 @@ class WorkerLink:
     def report_ban(self, host: str, reason: str, seconds: float) -> None:
         """A ban made here holds at the primary, which reads every socket."""
         self.channel.send(event_frame({"ban": host, "reason": reason, "seconds": seconds}))
+
+    def report_hunt(self, group: str, position: int) -> None:
+        """An answer here moved a circular hunt: the primary tells every process."""
+        self.channel.send(event_frame({"hunt": [group, position]}))
 
     def reachable_bindings(self, aor: str) -> list[Binding]:
         unreachable = self._unreachable
@@ -603,6 +620,9 @@ class WorkerLink:
             }
             if self.on_trunks is not None:
                 self.on_trunks(self.trunks)
+        elif "hunt" in event:
+            if self.on_hunt is not None:
+                self.on_hunt(str(event["hunt"][0]), int(event["hunt"][1]))
         elif "gone" in event:
             transport, host, port = event["gone"]
             if self.on_peer_unreachable is not None:
