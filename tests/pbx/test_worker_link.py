@@ -29,7 +29,7 @@ from sipswitch.sip.clock import VirtualClock
 from sipswitch.sip.parser import parse_datagram
 from sipswitch.sip.transport.base import Address
 from sipswitch.sip.transport.manager import TransportManager
-from sipswitch.sip.transport.steering import message_frame, owner_of_call_id
+from sipswitch.sip.transport.steering import message_frame, owner_of_aor, owner_of_call_id
 from sipswitch.store import Binding
 
 from ..sip.transport.support import RecordingSink, request, wait_until
@@ -387,3 +387,39 @@ async def test_a_circular_hunt_moved_anywhere_moves_everywhere(linked: Linked) -
     linked.pool.hunt_moved("601", 1)
     await wait_until(lambda: at_worker == [("600", 2), ("601", 1)])
     assert at_primary == [("600", 2)]
+
+
+async def test_registers_go_to_the_owner_of_their_address(linked: Linked) -> None:
+    """All REGISTERs of an address go to one process (a hash of the To user): over UDP and TCP,
+    whatever their Call-ID; the worker's changes reach the primary, which tells every process."""
+    assert owner_of_aor("100", 2) == 0 and owner_of_aor("201", 2) == 1
+    [udp] = linked.transports.udp
+    assert udp.steer is not None
+    phone = ("192.0.2.10", 5060)
+
+    def register_to(user: str, call_id: str) -> bytes:
+        return request("REGISTER", call_id).replace(b"To: <sip:100@", f"To: <sip:{user}@".encode())
+
+    assert not udp.steer(register_to("100", _owned_call_id(1, "r")), phone)  # the primary's
+    assert udp.steer(register_to("201", _owned_call_id(0, "r")), phone)
+    assert udp.steer(register_to("%32%30%31", _owned_call_id(0, "s")), phone)  # the same user
+    assert not udp.steer(b"REGISTER sip:x SIP/2.0\r\nTo: broken\r\n\r\n", phone)
+    tcp = linked.transports.bound["tcp"][0]
+    steering = StreamSteering(linked.primary_sink, linked.pool)
+    steering.on_message(parse_datagram(register_to("201", "t-1")), Address("tcp", *phone), tcp)
+    await linked.worker_sink.wait_for(messages=3)
+    assert [m.to.uri.user_unescaped for m, _, _ in linked.worker_sink.messages] == ["201"] * 3
+
+    # What the worker's registrar wrote reaches the primary (and so every other process).
+    seen: list[str] = []
+    at_worker: list[str] = []
+    linked.primary.watch(lambda aor, bindings: seen.append(aor))
+    linked.replica.watch(lambda aor, bindings: at_worker.append(aor))
+    new = binding("201")
+    linked.link.report_bindings("201", [new])
+    await wait_until(lambda: linked.primary.lookup("201") == [new])
+    assert seen == ["201"]
+    # Not sent back to the worker that made it (a later change of its own may be on the way);
+    # a change the primary makes afterwards arrives, so the first would have arrived before.
+    register(linked.primary, binding("100"))
+    await wait_until(lambda: at_worker == ["100"])

@@ -54,3 +54,31 @@ def test_workers_serve_trunks_and_at_most_sixteen() -> None:
         assert Settings.model_validate({"sip": {"workers": 2}, "trunks": [trunk]}).trunks
     with pytest.raises(ValueError, match="less than or equal to 16"):
         Settings.model_validate({"sip": {"workers": 17}})
+
+
+def test_only_the_owner_of_an_address_deletes_its_expired_bindings() -> None:
+    """With workers every process holds every binding, but the process owning an address
+    alone writes it: an expired binding of another's address is dropped from memory only."""
+    from sipswitch.pbx.location import LocationService
+    from sipswitch.store import Binding
+
+    now = [1000.0]
+
+    def binding(aor: str) -> Binding:
+        return Binding(
+            aor=aor, contact_uri=f"sip:{aor}@192.0.2.1", contact_value=f"<sip:{aor}@192.0.2.1>",
+            expires_at=1060.0, q=1.0, call_id=f"c-{aor}", cseq=1, transport="udp",
+            source_host="192.0.2.1", source_port=5060,
+        )  # fmt: skip
+
+    location = LocationService(None, lambda: now[0], owns=lambda aor: aor == "mine")
+    replaced: list[str] = []
+    location.on_replace = lambda aor, bindings: replaced.append(aor)
+    location.replace("mine", [binding("mine")], [])
+    location.apply("theirs", [binding("theirs")])
+    assert replaced == ["mine"]  # what others made is not told again
+    assert set(location._batch.upserts) == {("mine", "sip:mine@192.0.2.1")}
+    now[0] = 2000.0
+    assert location.remove_expired() == 2
+    assert location.aor_count == 0
+    assert location._batch.deletes == {("mine", "sip:mine@192.0.2.1")}

@@ -34,11 +34,17 @@ class LocationService:
         max_batch: int = 2000,
         max_aors: int = 1_000_000,
         replica: bool = False,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._store = store
-        # A worker process's copy: loaded from the store, then changed only by ``apply`` with
-        # what the primary announces; it never writes.
+        # With worker processes each address-of-record has one owner, the process its
+        # REGISTERs go to: it alone writes the address's bindings (``replace``, and the deletes
+        # of expired ones); the other processes take its changes with ``apply``. A replica owns
+        # nothing and never writes.
+        self._owns: Callable[[str], bool] | None = (lambda aor: False) if replica else owns
         self._replica = replica
+        # Told (aor, bindings) of each change made here by ``replace`` (not of ``apply``).
+        self.on_replace: Callable[[str, list[Binding]], None] | None = None
         self._wall = wall
         self._bindings: dict[str, list[Binding]] = {}
         self._batch = _Batch()
@@ -127,6 +133,8 @@ class LocationService:
             self._batch.upserts[key] = binding
         self._set(aor, bindings)
         self._kick()
+        if self.on_replace is not None:
+            self.on_replace(aor, bindings)
 
     def apply(self, aor: str, bindings: list[Binding]) -> None:
         """Take the whole set of ``aor`` as another process made it (nothing is written)."""
@@ -161,8 +169,8 @@ class LocationService:
             watcher(aor, bindings)
 
     def _queue_delete(self, binding: Binding) -> None:
-        if self._replica:
-            return
+        if self._owns is not None and not self._owns(binding.aor):
+            return  # its owner deletes it
         key = (binding.aor, binding.contact_uri)
         self._batch.upserts.pop(key, None)
         self._batch.deletes.add(key)

@@ -34,7 +34,7 @@ from ..sip.transport.certs import (
     build_client_context,
 )
 from ..sip.transport.manager import TransportManager
-from ..sip.transport.steering import call_id_prefix
+from ..sip.transport.steering import call_id_prefix, owner_of_aor
 from ..sip.transport.tls import TlsTransport
 from ..store import Database, seed_default_extensions
 from .application import Application
@@ -148,9 +148,10 @@ class SipServer:
             # The dialogs this process starts come back to it (``sip.transport.steering``).
             set_call_id_prefix(call_id_prefix(worker.index if worker is not None else 0))
         clock = LoopClock()
-        # A worker's registrations are the primary's, announced to it (none read here).
+        # With workers each process writes the addresses whose REGISTERs it takes, and the
+        # primary announces every change to all; a worker gets the whole table from it.
         self.location = LocationService(
-            self.database.bindings, clock.wall, replica=worker is not None
+            self.database.bindings, clock.wall, owns=self._owns_aor(settings.sip.workers)
         )
         restored = await self.location.load() if worker is None else 0
         self.location.start()
@@ -206,6 +207,7 @@ class SipServer:
                 on_hunt=self.calls.set_hunt_position,
             )
             self.calls.on_hunt_moved = self.link.report_hunt
+            self.location.on_replace = self.link.report_bindings
             self.calls.reachable = self.link.reachable_bindings
         elif self.keepalive is not None:
             self.calls.reachable = self.keepalive.reachable_bindings
@@ -275,6 +277,12 @@ class SipServer:
         if self.calls is not None:
             self.calls.on_hunt_moved = self.pool.hunt_moved
         await self.pool.start()
+
+    def _owns_aor(self, workers: int) -> Callable[[str], bool] | None:
+        if workers < 2:
+            return None
+        index = self.worker.index if self.worker is not None else 0
+        return lambda aor: owner_of_aor(aor, workers) == index
 
     def _follow_trunks(self, destinations: dict[str, Address | None]) -> None:
         if self.trunks is not None:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from ..config.settings import MediaSettings, Settings
 from ..sip.message import Request
-from ..sip.parser import MessageError
+from ..sip.parser import MessageError, parse_datagram
 from ..sip.transport.base import Address, MessageSink, deliver_whole
 from ..sip.transport.manager import BoundAddresses, TransportManager
 from ..sip.transport.steering import (
@@ -42,11 +42,13 @@ from ..sip.transport.steering import (
     frame_identities,
     message_frame,
     owner_of,
+    owner_of_aor,
     owner_of_call_id,
     send_frame,
     split_frame,
 )
 from ..sip.transport.udp import SendOnlyUdp, UdpTransport
+from ..sip.uri import SipUri
 from ..store import Binding
 from .keepalive import NatKeepalive
 from .location import LocationService
@@ -125,6 +127,26 @@ def _trunks_event(destinations: dict[str, Address | None]) -> bytes:
     return event_frame({"trunks": table})
 
 
+def register_owner(request: Request, workers: int) -> int:
+    """The process a REGISTER goes to: the owner of its To address (the registrar's key), the
+    primary when it has none (the primary answers what is wrong with it)."""
+    try:
+        uri = request.to.uri
+    except Exception:  # noqa: BLE001 - a To the registrar will refuse
+        return 0
+    if not isinstance(uri, SipUri) or not uri.user_unescaped:
+        return 0
+    return owner_of_aor(uri.user_unescaped, workers)
+
+
+def register_owner_of_datagram(data: bytes, workers: int) -> int:
+    try:
+        request = parse_datagram(data)
+    except MessageError:
+        return 0
+    return register_owner(request, workers) if isinstance(request, Request) else 0
+
+
 # --- the primary's side ---
 class StreamSteering:
     """Between the TCP/TLS transports and the security gate in the primary: a message whose
@@ -136,10 +158,12 @@ class StreamSteering:
 
     def on_message(self, message: Any, source: Address, local: Address) -> None:
         pool = self.pool
-        if not (isinstance(message, Request) and message.method == "REGISTER"):
+        if isinstance(message, Request) and message.method == "REGISTER":
+            owner = register_owner(message, pool.workers)
+        else:
             owner = owner_of_call_id(message.call_id.encode(), pool.workers)
-            if owner and pool.hand_over(owner, message.to_bytes(), source, local):
-                return
+        if owner and pool.hand_over(owner, message.to_bytes(), source, local):
+            return
         self.inner.on_message(message, source, local)
 
     def on_parse_error(self, error: MessageError, source: Address, local: Address) -> None:
@@ -182,6 +206,7 @@ class WorkerPool:
         self._ready: dict[int, asyncio.Future[None]] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._their_ends: dict[int, socket.socket] = {}  # channel ends not yet handed over
+        self._origin: int | None = None  # the worker whose registration change is applied
         self._stopping = False
         self._bound_index: dict[Address, int] = {}
 
@@ -362,7 +387,10 @@ class WorkerPool:
         admit_source = self.security.admit_source
 
         def steer(data: bytes, addr: tuple[str | int, ...]) -> bool:
-            owner = owner_of(data, workers)
+            if data.startswith(b"REGISTER "):
+                owner = register_owner_of_datagram(data, workers)
+            else:
+                owner = owner_of(data, workers)
             if owner == 0:
                 return False
             channel = channels[owner]
@@ -398,7 +426,10 @@ class WorkerPool:
                 channel.send(frame)
 
     def _binding_changed(self, aor: str, bindings: list[Binding]) -> None:
-        self._broadcast(_binding_event(aor, bindings))
+        frame = _binding_event(aor, bindings)
+        for index, channel in enumerate(self.channels):
+            if channel is not None and index != self._origin:
+                channel.send(frame)
 
     def hunt_moved(self, group: str, position: int) -> None:
         """A circular hunt moved (in the primary or a worker): every worker takes it."""
@@ -432,6 +463,13 @@ class WorkerPool:
             event = json.loads(frame[1:])
             if "ready" in event:
                 self._worker_ready(index, channel)
+            elif "bind" in event:  # a REGISTER the worker took: every other process takes it
+                self._origin = index  # (not sent back: a later change there may have come)
+                try:
+                    rows = event["list"]
+                    self.location.apply(str(event["bind"]), [Binding(**row) for row in rows])
+                finally:
+                    self._origin = None
             elif "hunt" in event:  # a worker's answer moved a circular hunt
                 group, position = str(event["hunt"][0]), int(event["hunt"][1])
                 if self.hunt is not None:
@@ -440,7 +478,7 @@ class WorkerPool:
             elif "ban" in event:
                 self.security.ban(
                     str(event["ban"]),
-                    f"{event.get('reason', '')} (worker {index})",
+                    str(event.get("reason", "")),  # (the worker logged it too, with its prefix)
                     float(event.get("seconds", self.settings.security.ban_time)),
                 )
         else:
@@ -569,6 +607,10 @@ class WorkerLink:
     def report_ban(self, host: str, reason: str, seconds: float) -> None:
         """A ban made here holds at the primary, which reads every socket."""
         self.channel.send(event_frame({"ban": host, "reason": reason, "seconds": seconds}))
+
+    def report_bindings(self, aor: str, bindings: list[Binding]) -> None:
+        """A REGISTER taken here changed ``aor``: the primary tells every process."""
+        self.channel.send(_binding_event(aor, bindings))
 
     def report_hunt(self, group: str, position: int) -> None:
         """An answer here moved a circular hunt: the primary tells every process."""

@@ -64,9 +64,16 @@ def owner_of_call_id(call_id: bytes, workers: int) -> int:
     return zlib.crc32(call_id) % workers
 
 
+def owner_of_aor(aor: str, workers: int) -> int:
+    """The process that takes the REGISTERs of an address-of-record (and alone writes its
+    bindings): a hash of the address, so all of its devices meet in one process."""
+    return zlib.crc32(aor.encode()) % workers if workers > 1 else 0
+
+
 def owner_of(data: bytes, workers: int) -> int:
-    """The worker a raw message goes to: REGISTERs and messages without a Call-ID to the
-    primary (0), the rest by Call-ID."""
+    """The worker a raw message goes to by its Call-ID; REGISTERs (owned by their address of
+    record, which takes a parse: ``owner_of_aor``) and messages without a Call-ID go to the
+    primary (0)."""
     if workers < 2 or data.startswith(b"REGISTER "):
         return 0
     call_id = find_call_id(data)
