@@ -978,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ivr_only:
             report["sipswitch"] = {}
             bench_sipswitch(plan, workdir, report["sipswitch"])
-            log(f"calls/s with [sip] workers = {args.workers}")
+            log(f"REGISTER/s and calls/s with [sip] workers = {args.workers} (fresh servers)")
             report["workers"] = bench_workers(plan, workdir, args.workers)
             if not args.skip_kamailio:
                 report["kamailio"] = bench_kamailio(plan, workdir)
