@@ -2,20 +2,22 @@
 
 The primary process (worker 0) is the server as it runs alone, plus a ``WorkerPool``: it starts
 workers 1..N-1 as fresh interpreters, gives each a copy of the UDP sockets (so a worker sends
-from the server's own address and port) and a ``Channel``, and hands every message whose dialog
-another worker owns to that worker (``sip.transport.steering``): datagrams unparsed, TCP
-messages once framed. The primary alone takes REGISTERs (so it alone writes registrations),
-holds the TCP and TLS connections, pings phones behind NAT and writes the pid file; it
-announces every registration change, every change of a phone's reachability and reloaded
-settings to the workers. A worker that dies is started again; its share waits in a new channel
-meanwhile (the primary takes it over only from a worker that keeps dying at once).
+from the server's own address and port) and a ``Channel``, and hands every message another
+process owns to it (``sip.transport.steering``): a dialog's messages by Call-ID, unparsed; a
+REGISTER by its address-of-record (the To user), which the owner alone writes. TCP and TLS
+messages go over once framed. The primary holds the TCP and TLS connections, pings phones
+behind NAT, registers lines, checks trunks and writes the pid file; it announces every
+registration change, every change of a phone's reachability, where trunks take calls, moved
+hunt positions and reloaded settings to the workers. A worker that dies is started again; its
+share waits in a new channel meanwhile (the primary takes it over only from a worker that keeps
+dying at once).
 
 A worker (``WorkerLink`` with ``WorkerTransports``) runs a whole PBX core on what it is handed:
-its own transactions, B2BUA, IVR and voicemail, CDRs written to the shared database, and a
-read-only copy of the registrations. It sends UDP itself and asks the primary to send on TCP
-and TLS.
-Call limits count machine-wide (``shared_counts``); each process has its own share of the RTP
-port range; the digest nonce secret is the primary's, so a nonce is good in any process.
+its own transactions, B2BUA, registrar for the addresses it owns, IVR and voicemail, CDRs
+written to the shared database, and a copy of every other registration. It sends UDP itself
+and asks the primary to send on TCP and TLS. Call limits count machine-wide
+(``shared_counts``); each process has its own share of the RTP port range; the digest nonce
+secret is the primary's, so a nonce is good in any process.
 """
 
 from __future__ import annotations
@@ -527,9 +529,6 @@ class WorkerTransports(TransportManager):
             self._udp_at[index] = udp
         self._index_udp()
         self._started = True
-
-    def set_sink(self, sink: MessageSink) -> None:
-        super().set_sink(sink)
 
     def send(self, data: bytes, destination: Address) -> bool:
         if destination.transport == "udp":

@@ -4,7 +4,8 @@ With ``[sip] workers = N`` the primary process (worker 0) reads every socket and
 message to the worker that owns its dialog, chosen from the Call-ID alone: a byte search, no
 parse. Call-IDs a worker makes itself carry its number (``w3-…``), so the responses and
 in-dialog requests of the legs it originates come home to it; any other Call-ID is hashed.
-REGISTERs always belong to the primary, the one writer of registrations.
+A REGISTER belongs to the owner of its address-of-record (``owner_of_aor``), the one writer
+of that address's registrations.
 
 Between the primary and a worker runs a ``Channel``: a Unix datagram socket pair (message
 boundaries kept, no port anyone else can reach, no ten-datagram queue limit since the pair is
