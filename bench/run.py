@@ -409,34 +409,53 @@ def many_registrations_phase(
     }
 
 
-def bench_sipswitch(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
-    """Fills ``out`` phase by phase, so a failure keeps what was measured before it. Each phase
-    has a fresh server: every sweep ends past the server's limit, and the transactions of that
-    overload (kept 32 s to absorb retransmissions) would still weigh on the next phase."""
+def register_sweep(
+    plan: Plan, workdir: Path, label: str, workers: int = 1
+) -> tuple[RateResult, dict[str, Any]]:
+    """The REGISTER/s sweep on a fresh server with ``REG_USERS`` extensions; its result and
+    what the report keeps of it (with the CPU of the server's processes)."""
     reg_users = {f"3{i:04d}": f"pw3{i:04d}" for i in range(REG_USERS)}
-    server = SipswitchServer(workdir, users={}, extra_config='[log]\nlevel = "warning"')
+    server = SipswitchServer(
+        workdir,
+        users={},
+        extra_config='[log]\nlevel = "warning"',
+        name=f"sipswitch-{label.lower()}",
+        workers=workers,
+    )
     log(f"sipswitch on {server.remote}: creating {REG_USERS} extensions")
     server.add_extensions()
     bulk_add_users(server, reg_users)
     server.start()
-    pid = server.pid or 0
     try:
-        cpu0 = tree_cpu_seconds(pid)
-        log("authenticated REGISTER/s")
-        registers = register_phase(server, workdir, plan, reg_users)
-        cpu1 = tree_cpu_seconds(pid)
-        out["register"] = registers.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
+        cpu0 = tree_cpu_seconds(server.pid or 0)
+        registers = register_phase(server, workdir, plan, reg_users, label=label)
+        cpu1 = tree_cpu_seconds(server.pid or 0)
     finally:
         server.stop(check=False)
+    return registers, registers.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
 
+
+def calls_server(workdir: Path, name: str, workers: int = 1) -> SipswitchServer:
+    """A fresh, started server with the caller and the callee of the calls/s sweep."""
     server = SipswitchServer(
         workdir,
         users={CALLER: "bench-caller-pw", CALLEE: "bench-callee-pw"},
         extra_config='[log]\nlevel = "warning"',
-        name="sipswitch-calls",
+        name=name,
+        workers=workers,
     )
     server.add_extensions()
     server.start()
+    return server
+
+
+def bench_sipswitch(plan: Plan, workdir: Path, out: dict[str, Any]) -> None:
+    """Fills ``out`` phase by phase, so a failure keeps what was measured before it. Each phase
+    has a fresh server: every sweep ends past the server's limit, and the transactions of that
+    overload (kept 32 s to absorb retransmissions) would still weigh on the next phase."""
+    log("authenticated REGISTER/s")
+    registers, out["register"] = register_sweep(plan, workdir, "REGISTER")
+    server = calls_server(workdir, "sipswitch-calls")
     pid = server.pid or 0
     out["pid"] = pid
     try:
@@ -501,34 +520,9 @@ def sipswitch_calls(
 def bench_workers(plan: Plan, workdir: Path, workers: int) -> dict[str, Any]:
     """REGISTER/s and calls/s of servers with ``[sip] workers`` (each sweep on a fresh one):
     the same scenarios, CPU summed over the primary and its worker processes."""
-    reg_users = {f"3{i:04d}": f"pw3{i:04d}" for i in range(REG_USERS)}
     out: dict[str, Any] = {"workers": workers}
-    server = SipswitchServer(
-        workdir,
-        users={},
-        extra_config='[log]\nlevel = "warning"',
-        name="sipswitch-workers-register",
-        workers=workers,
-    )
-    server.add_extensions()
-    bulk_add_users(server, reg_users)
-    server.start()
-    try:
-        cpu0 = tree_cpu_seconds(server.pid or 0)
-        registers = register_phase(server, workdir, plan, reg_users, label="REGISTER-workers")
-        cpu1 = tree_cpu_seconds(server.pid or 0)
-        out["register"] = registers.as_dict() | {"cpu_s": round(cpu1 - cpu0, 2)}
-    finally:
-        server.stop(check=False)
-    server = SipswitchServer(
-        workdir,
-        users={CALLER: "bench-caller-pw", CALLEE: "bench-callee-pw"},
-        extra_config='[log]\nlevel = "warning"',
-        name="sipswitch-workers",
-        workers=workers,
-    )
-    server.add_extensions()
-    server.start()
+    _, out["register"] = register_sweep(plan, workdir, "REGISTER-workers", workers)
+    server = calls_server(workdir, "sipswitch-workers", workers)
     try:
         out |= sipswitch_calls(
             server, workdir, plan.worker_call_rates, plan.step_s, f"calls-{workers}-workers"

@@ -198,6 +198,16 @@ def open_tunnel(tls: TlsServer, started: list[subprocess.Popen[bytes]]) -> int:
     pytest.fail("socat did not listen")
 
 
+def sipp_tls_target(
+    tls: TlsServer, tunnel: list[subprocess.Popen[bytes]]
+) -> tuple[str, str, list[str]]:
+    """(remote, transport, extra options) for SIPp to reach the TLS server: over TLS when this
+    SIPp has it, else over TCP through a socat tunnel that speaks TLS to the server."""
+    if sipp_has_tls():
+        return f"{HOST}:{tls.port}", "tls", ["-tls_cert", str(tls.cert), "-tls_key", str(tls.key)]
+    return f"{HOST}:{open_tunnel(tls, tunnel)}", "tcp", []
+
+
 def test_sipp_registers_and_calls_over_tls(
     sipswitch_server: ServerFactory,
     sipp_uas: UasFactory,
@@ -206,12 +216,7 @@ def test_sipp_registers_and_calls_over_tls(
 ) -> None:
     tls = start_tls_server(sipswitch_server)
     server = tls.server
-    if sipp_has_tls():
-        remote, transport, extra = f"{HOST}:{tls.port}", "tls", [
-            "-tls_cert", str(tls.cert), "-tls_key", str(tls.key)
-        ]
-    else:
-        remote, transport, extra = f"{HOST}:{open_tunnel(tls, tls_tunnel)}", "tcp", []
+    remote, transport, extra = sipp_tls_target(tls, tls_tunnel)
     registered = run_sipp(
         "register", remote, tmp_path, transport=transport, users=[("202", server.users["202"])],
         timeout_s=20, extra=extra, name="register-tls",
@@ -243,12 +248,7 @@ def test_tls_calls_through_worker_processes(
     calls = 12  # each call's owner is a hash of its Call-ID: all twelve in one process is 1/4096
     tls = start_tls_server(sipswitch_server, workers=2)
     server = tls.server
-    if sipp_has_tls():
-        remote, transport, extra = f"{HOST}:{tls.port}", "tls", [
-            "-tls_cert", str(tls.cert), "-tls_key", str(tls.key)
-        ]
-    else:
-        remote, transport, extra = f"{HOST}:{open_tunnel(tls, tls_tunnel)}", "tcp", []
+    remote, transport, extra = sipp_tls_target(tls, tls_tunnel)
     callee = sipp_uas(server, "201", "uas_answer", calls=calls)  # over UDP
     caller = run_sipp(
         "uac_call", remote, tmp_path, transport=transport, service="201", calls=calls,
