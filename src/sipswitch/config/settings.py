@@ -49,7 +49,7 @@ class SipSettings(Section):
     auth_algorithms: list[str] = Field(default_factory=lambda: ["MD5", "SHA-256"])
     # Processes sharing the calls (docs/scaling.md): 1 is one process doing everything; with
     # more, the first reads every socket and hands each dialog to its owner by Call-ID.
-    workers: Annotated[int, Field(ge=1, le=16)] = 1
+    workers: Annotated[int, Field(ge=1, le=16)] = 1  # 16: steering.MAX_WORKERS
 
     @field_validator("auth_algorithms")
     @classmethod

@@ -38,9 +38,10 @@ import os
 import struct
 from pathlib import Path
 
+from ..sip.transport.steering import MAX_WORKERS
+
 MAGIC = b"SWCOUNT1"
 VERSION = 1
-MAX_WORKERS = 16
 MAX_CAPACITY = 1 << 18
 DEFAULT_CAPACITY = 1 << 16
 MAX_KEY_BYTES = 128

@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote
 
 log = logging.getLogger(__name__)
 
-MAX_WORKERS = 16
+MAX_WORKERS = 16  # processes a server may run (the shared call counts have a column each)
 # The largest frame: a message (at most 65,535 octets) with its frame header, or an event (one
 # extension's bindings: up to its max_contacts of them). A longer one is refused, not cut.
 FRAME_LIMIT = 256 * 1024
